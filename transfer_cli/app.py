@@ -1,0 +1,166 @@
+"""The Hydra job: validate -> hardware -> data -> model + strategy -> fit -> metrics, written to the run folder."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import TransferError
+from .outputs import SCHEMA_VERSION, environment, now, write_history, write_json, write_status
+
+log = logging.getLogger("transfer")
+
+
+def validate(cfg: Any) -> None:
+    """Range checks the schema's types cannot express; each names the key and what is allowed."""
+    d, t = cfg.data, cfg.train
+    checks = [
+        (t.lr > 0, f"train.lr={t.lr} must be > 0"),
+        (t.head_lr is None or t.head_lr > 0, f"train.head_lr={t.head_lr} must be > 0 (or null)"),
+        (t.epochs >= 1, f"train.epochs={t.epochs} must be >= 1"),
+        (t.batch_size >= 1, f"train.batch_size={t.batch_size} must be >= 1"),
+        (t.eval_batch_size >= 1, f"train.eval_batch_size={t.eval_batch_size} must be >= 1"),
+        (t.grad_accum_steps >= 1, f"train.grad_accum_steps={t.grad_accum_steps} must be >= 1"),
+        (0 <= t.warmup_ratio < 1, f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1)"),
+        (t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} must be >= 0"),
+        (t.patience >= 1, f"train.patience={t.patience} must be >= 1"),
+        (d.max_length >= 8, f"data.max_length={d.max_length} must be >= 8"),
+        (0 < d.source_val_fraction < 1, f"data.source_val_fraction={d.source_val_fraction} must be in (0, 1)"),
+        (0 < d.target_test_fraction < 1, f"data.target_test_fraction={d.target_test_fraction} must be in (0, 1)"),
+        (cfg.hardware.threads >= 0, f"hardware.threads={cfg.hardware.threads} must be >= 0 (0 = all cores)"),
+        (len(cfg.source) >= 1, "choose at least one source domain, e.g. source=books"),
+        (len(cfg.target) == 1, f"choose exactly one target domain, e.g. target=movies (got {list(cfg.target)})"),
+    ]
+    for key in ("max_source_train", "max_source_val", "max_target_pool", "max_target_test"):
+        value = getattr(d, key)
+        checks.append((value is None or value >= 1, f"data.{key}={value} must be >= 1 (or null for all)"))
+    for ok, message in checks:
+        if not ok:
+            raise TransferError(message)
+    target = next(iter(cfg.target.values()))
+    for name, domain in cfg.source.items():
+        if name in cfg.target:
+            raise TransferError(f"'{name}' is both a source and the target; choose a different target")
+        if list(domain.labels) != list(target.labels):
+            raise TransferError(
+                f"source '{name}' has labels {list(domain.labels)} but target '{target.name}' has {list(target.labels)}"
+            )
+
+
+def choices() -> Dict[str, str]:
+    picked = HydraConfig.get().runtime.choices
+    out = {}
+    for group in ("model", "source", "target", "strategy", "hardware", "experiment"):
+        value = picked.get(group)
+        out[group] = "+".join(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else str(value)
+    return out
+
+
+def run(cfg: DictConfig) -> float:
+    """One run; returns the target test accuracy. Failures leave status.json (with the error) and no metrics.json."""
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    started = time.perf_counter()
+    write_status(folder, "running", started=now())
+    try:
+        metrics = _run(cfg, folder, started)
+    except TransferError as e:
+        write_status(folder, "failed", error=str(e), error_type="TransferError")
+        raise
+    except BaseException as e:
+        write_status(folder, "failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        raise
+    write_json(folder / "metrics.json", metrics)
+    write_status(folder, "completed", finished=now(), seconds=round(time.perf_counter() - started, 2))
+    _print_table(metrics, folder)
+    return metrics["target_test_accuracy"]
+
+
+def _run(cfg: DictConfig, folder: Path, started: float) -> Dict[str, Any]:
+    from .data import build_data
+    from .hardware import setup
+    from .models import build_model, load_backbone_config, load_tokenizer, max_positions
+    from .strategies import build_strategy, strategy_class
+    from .training.loop import fit
+
+    typed = OmegaConf.to_object(cfg)  # the schema's dataclasses, checked by Hydra at composition
+    validate(typed)
+    strategy_cls = strategy_class(cfg.strategy.name)
+    write_json(folder / "env.json", environment())
+
+    accelerator, device, precision = setup(typed.hardware, typed.seed)
+    tokenizer = load_tokenizer(typed.model)
+    limit = max_positions(load_backbone_config(typed.model))
+    if typed.data.max_length > limit:
+        raise TransferError(f"data.max_length={typed.data.max_length} exceeds the limit of model '{typed.model.name}' ({limit}); use data.max_length<={limit}")
+
+    t0 = time.perf_counter()
+    data = build_data(typed, tokenizer, Path(typed.paths.data_dir).expanduser(), Path(typed.paths.cache_dir).expanduser())
+    data_seconds = time.perf_counter() - t0
+    log.info("data: %s", data.sizes())
+
+    model = build_model(typed.model, data.num_labels, len(tokenizer))
+    strategy = build_strategy(OmegaConf.to_container(cfg.strategy), model)
+    strategy = accelerator.prepare_model(strategy)
+    result = fit(strategy, data, typed, accelerator, tokenizer.pad_token_id)
+    if typed.train.save_model:
+        accelerator.save(accelerator.unwrap_model(strategy).state_dict(), folder / "model.pt")
+    write_history(folder / "history.csv", result.history)
+
+    final = result.final
+    trainable = sum(p.numel() for p in strategy.parameters() if p.requires_grad)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": "completed",
+        "transfer_version": __version__,
+        **choices(),
+        "protocol": typed.protocol.value,
+        "oracle": strategy_cls.oracle,
+        "target_labels": strategy_cls.target_labels,
+        "target_labels_used": data.target_labels_used,
+        "seed": typed.seed,
+        "device": device,
+        "precision": precision,
+        **data.sizes(),
+        "max_length": typed.data.max_length,
+        "target_test_accuracy": final["target_test_accuracy"],
+        "target_test_f1_macro": final["target_test_f1_macro"],
+        "source_val_accuracy": final["source_val_accuracy"],
+        "source_val_f1_macro": final["source_val_f1_macro"],
+        "transfer_gap": final["source_val_accuracy"] - final["target_test_accuracy"],
+        "selection": final["selection"],  # source_val (label-free), target_val (oracle) or last
+        "selected_phase": final["phase"],
+        "selected_epoch": final["epoch"],
+        "epochs_run": len(result.history),
+        "trainable_parameters": trainable,
+        "total_parameters": sum(p.numel() for p in strategy.parameters()),
+        "data_seconds": round(data_seconds, 3),
+        "train_seconds": round(result.train_seconds, 3),
+        "eval_seconds": round(result.eval_seconds, 3),
+        "total_seconds": round(time.perf_counter() - started, 3),
+        "train_samples_per_second": round(result.train_samples / max(result.train_seconds, 1e-9), 2),
+        "eval_samples_per_second": round(result.eval_samples / max(result.eval_seconds, 1e-9), 2),
+        "output_dir": str(folder),
+    }
+
+
+def _print_table(metrics: Dict[str, Any], folder: Path) -> None:
+    table = Table(title=f"{metrics['strategy']}: {metrics['source']} -> {metrics['target']}" + (" (ORACLE)" if metrics["oracle"] else ""))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("target_test_accuracy", "target_test_f1_macro", "source_val_accuracy", "transfer_gap",
+                "selection", "target_labels_used", "trainable_parameters", "train_samples_per_second",
+                "total_seconds", "device", "precision"):
+        value = metrics[key]
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console = Console()
+    console.print(table)
+    console.print(f"outputs: {folder}")

@@ -1,0 +1,155 @@
+"""The `transfer` entry point: a small dispatcher in front of the Hydra app.
+
+`transfer run ...` hands the rest of the command line to Hydra untouched, so -m, --cfg, --info, -c and --help work
+as in any Hydra app. Errors a user can fix come out as one line with exit code 2 (a traceback only with
+HYDRA_FULL_ERROR=1 or TRANSFER_DEBUG=1)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Iterable, List, Optional
+
+from . import __version__
+from .config import DOMAIN_ROLES, GROUPS, describe, group_options, register_schema_and_domains, search_dirs
+from .errors import TransferError
+
+USAGE = f"""usage: transfer <command> [arguments]
+
+Cross-domain transfer-learning experiments, composed from Hydra config groups (transfer {__version__}).
+
+commands:
+  run [overrides]   train and evaluate one run, e.g. `transfer run strategy=dann target=movies`;
+                    a sweep with -m; Hydra's flags work: --cfg job, --info, -c, --help
+  list              the options of every config group, with their descriptions
+
+options:
+  -h, --help        show this help
+  --version         print the version
+
+Start offline with `transfer run experiment=demo`."""
+
+# Hydra flags that take a value: their value is not an override.
+_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--package", "-p",
+                "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc", "--experimental-rerun"}
+
+
+def debugging() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("TRANSFER_DEBUG") == "1"
+
+
+def one_line(error: BaseException) -> str:
+    """A Hydra/OmegaConf/transfer error as one line: its first line, and the first line of its cause."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
+        group, _, name = str(error.missing_cfg_file).rpartition("/")
+        return f"unknown {group or 'config'} '{name}'; choose one of: {', '.join(error.options)} (see `transfer list`)"
+    parts = [str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__]
+    cause = error.__cause__ or error.__context__
+    if cause is not None and str(cause).strip() and not isinstance(error, TransferError):
+        parts.append(str(cause).strip().splitlines()[0])
+    return ": ".join(parts)
+
+
+def report_errors(func):
+    """Replaces Hydra's error reporter: one line, exit 2, unless debugging."""
+    try:
+        return func()
+    except Exception as error:  # noqa: BLE001 - this is the top-level reporter
+        if debugging():
+            raise
+        user_error = isinstance(error, TransferError) or type(error).__module__.split(".")[0] in ("hydra", "omegaconf")
+        hint = "" if user_error else " (a bug? rerun with TRANSFER_DEBUG=1 for the traceback and report it)"
+        print(f"transfer: error: {one_line(error)}{hint}", file=sys.stderr)
+        sys.exit(2 if user_error else 1)
+
+
+def _overrides(args: List[str]) -> Iterable[str]:
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in _VALUE_FLAGS:
+            skip = True
+        elif "=" in arg and not arg.startswith("-"):
+            yield arg
+
+
+def check_choices(args: List[str], dirs) -> None:
+    """Unknown group options fail here, in one line that lists the valid ones."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(_overrides(args)))
+    except Exception as e:  # noqa: BLE001 - Hydra raises its own parse errors
+        raise TransferError(f"cannot parse the overrides: {one_line(e)}") from None
+    for override in parsed:
+        group = override.key_or_group
+        if group not in GROUPS or override.is_delete():
+            continue
+        options = group_options(group, dirs)
+        value = override.value()
+        values = getattr(value, "list", None) or (value if isinstance(value, list) else [value])
+        flat = [v for item in values for v in (item if isinstance(item, list) else [item])]
+        for name in flat:
+            if name is not None and str(name) not in options:
+                raise TransferError(f"unknown {group} '{name}'; choose one of: {', '.join(options)} (see `transfer list`)")
+
+
+def run(args: List[str]) -> None:
+    import hydra
+    import hydra._internal.utils as hydra_utils
+
+    from .app import run as run_job
+    from .config import CONFIG_DIR
+
+    dirs = search_dirs(args)
+    register_schema_and_domains(dirs)
+    if "--help" not in args and "-h" not in args and "--hydra-help" not in args:
+        report_errors(lambda: check_choices(args, dirs))
+    hydra_utils.run_and_report = report_errors  # Hydra looks this name up at call time
+    if not debugging():  # our one-line report replaces Hydra's "Error executing job" log
+        logging.getLogger("hydra.core.utils").setLevel(logging.CRITICAL)
+    sys.argv = ["transfer run", *args]
+    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(run_job)()
+
+
+def list_options(args: List[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    dirs = search_dirs(args)
+    console = Console()
+    for group in GROUPS:
+        if group == "target":
+            continue
+        title = "source / target (domains)" if group in DOMAIN_ROLES else group
+        table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2))
+        table.add_column(style="bold cyan")
+        table.add_column()
+        for name, path in group_options(group, dirs).items():
+            table.add_row(name, describe(path))
+        console.print(table)
+        console.print()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
+    if command in ("-h", "--help", "help"):
+        print(USAGE)
+    elif command in ("--version", "-V", "version"):
+        print(f"transfer {__version__}")
+    elif command == "run":
+        run(rest)
+    elif command == "list":
+        list_options(rest)
+    else:
+        print(f"transfer: error: unknown command '{command}'; choose one of: run, list (see `transfer --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The config schema, and where the config groups live.
+
+Domains are defined once, in `configs/domain/NAME.yaml`. The `source` and `target` groups are generated from them
+as ConfigStore stubs (`defaults: [/domain/NAME@NAME]`), so a new domain, packaged or in a user's `--config-dir`,
+is one YAML file, and `source=books`, `source=[books,dvd]` and `target=movies` compose to `source.books.*` etc.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+from hydra.core.config_store import ConfigStore
+
+CONFIG_DIR = Path(importlib.util.find_spec("transfer_cli.configs").submodule_search_locations[0])
+GROUPS = ("model", "source", "target", "strategy", "hardware", "experiment")
+DOMAIN_ROLES = ("source", "target")
+
+
+class Loader(str, Enum):
+    blitzer = "blitzer"
+    files = "files"
+    hub = "hub"
+    synthetic = "synthetic"
+
+
+class Pooling(str, Enum):
+    cls = "cls"
+    mean = "mean"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+class Protocol(str, Enum):
+    inductive = "inductive"
+    transductive = "transductive"
+
+
+@dataclass
+class LocalCopy:
+    """A file under the data root that a hub domain prefers when it is present."""
+
+    path: str = "???"
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+@dataclass
+class DomainConfig:
+    name: str = "???"
+    description: str = ""
+    loader: Loader = Loader.files
+    path: Optional[str] = None  # relative to paths.data_dir unless absolute
+    format: Optional[str] = None  # csv | json | jsonl | parquet; default from the file suffix
+    text_column: str = "text"
+    label_column: str = "label"
+    label_map: Optional[Dict[Any, int]] = None  # raw label -> class index; unmapped rows are dropped
+    labels: List[str] = field(default_factory=lambda: ["negative", "positive"])
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    hub_split: str = "train"
+    local: Optional[LocalCopy] = None
+    max_examples: Optional[int] = None  # a fixed, seed-independent subsample of big corpora
+    strip_html: bool = False
+    use_title: bool = True  # blitzer: prepend the review title to its text
+
+
+@dataclass
+class ModelConfig:
+    name: str = "???"
+    description: str = ""
+    name_or_path: Optional[str] = None  # hub id or local folder
+    package: Optional[str] = None  # a pip package that ships the model (its get_model_path()), tried first
+    random_init: Optional[Dict[str, Any]] = None  # build a random-weight BERT of this shape (tests)
+    pooling: Pooling = Pooling.mean
+    dropout: float = 0.1
+
+
+@dataclass
+class HardwareConfig:
+    name: str = "???"
+    description: str = ""
+    device: Device = Device.auto
+    precision: Precision = Precision.auto
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+    deterministic: bool = False
+
+
+@dataclass
+class DataConfig:
+    max_length: int = 256
+    source_val_fraction: float = 0.2
+    target_test_fraction: float = 0.5
+    max_source_train: Optional[int] = None
+    max_source_val: Optional[int] = None
+    max_target_pool: Optional[int] = None
+    max_target_test: Optional[int] = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 2
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    lr: float = 5e-5
+    head_lr: Optional[float] = None  # default: lr
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 1.0
+    patience: int = 2  # epochs without improvement of the selection metric before stopping
+    save_model: bool = False
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "data"
+    cache_dir: str = ".cache/transfer"
+    output_dir: str = "outputs"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    source: Dict[str, DomainConfig] = field(default_factory=dict)
+    target: Dict[str, DomainConfig] = field(default_factory=dict)
+    strategy: Dict[str, Any] = field(default_factory=dict)  # each strategy validates its own parameters
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    protocol: Protocol = Protocol.inductive
+    seed: int = 0
+    description: str = ""  # set by experiment presets
+
+
+def search_dirs(argv: List[str]) -> List[Path]:
+    """The packaged config folder plus the user's, from `--config-dir`/`-cd` and `hydra.searchpath=[...]`."""
+    dirs = [CONFIG_DIR]
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(Path(argv[i + 1]))
+        elif arg.startswith("--config-dir="):
+            dirs.append(Path(arg.split("=", 1)[1]))
+        elif arg.startswith("hydra.searchpath="):
+            for entry in arg.split("=", 1)[1].strip("[]").split(","):
+                entry = entry.strip().strip("'\"")
+                if entry.startswith("file://"):
+                    dirs.append(Path(entry[len("file://"):]))
+                elif entry and "://" not in entry:
+                    dirs.append(Path(entry))
+    return [d.expanduser().resolve() for d in dirs]
+
+
+def group_options(group: str, dirs: List[Path]) -> Dict[str, Path]:
+    """Option name -> YAML file of a config group, over all search dirs (later dirs do not shadow earlier)."""
+    folder = "domain" if group in DOMAIN_ROLES else group
+    options: Dict[str, Path] = {}
+    for d in dirs:
+        for f in sorted((d / folder).glob("*.yaml")):
+            options.setdefault(f.stem, f)
+    return dict(sorted(options.items()))
+
+
+def describe(path: Path) -> str:
+    """The one-line `description:` of a config file."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return ""
+    return str(data.get("description", "")).strip() if isinstance(data, dict) else ""
+
+
+def register_schema_and_domains(dirs: List[Path]) -> None:
+    """Store the schema and one `source/NAME` and `target/NAME` stub per domain in Hydra's ConfigStore."""
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=RunConfig)
+    for name in group_options("source", dirs):
+        for role in DOMAIN_ROLES:
+            cs.store(group=role, name=name, node={"defaults": [f"/domain/{name}@{name}"]})

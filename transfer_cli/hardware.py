@@ -1,0 +1,53 @@
+"""Device, precision, threads and seeds, set up through Accelerate (ready for multi-process runs)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Tuple
+
+import torch
+
+from .errors import TransferError
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}
+    if not available[requested]:
+        raise TransferError(f"hardware.device={requested} but no {requested} device is available here; use hardware=auto or hardware=cpu")
+    return requested
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """auto: bf16 where supported (the CPU included), fp16 with a grad scaler on older GPUs, fp32 otherwise."""
+    if requested != "auto":
+        if requested == "fp16" and device == "cpu":
+            raise TransferError("hardware.precision=fp16 is not supported on the CPU; use bf16 or fp32")
+        return requested
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device == "cpu" else "fp32"
+
+
+def setup(hardware: Any, seed: int) -> Tuple[Any, str, str]:
+    """An Accelerator for this run, with the resolved device and precision."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    device = resolve_device(hardware.device.value)
+    precision = resolve_precision(hardware.precision.value, device)
+    if hardware.threads > 0:
+        torch.set_num_threads(hardware.threads)
+    # The tokenizer runs before training; keep its thread pool from competing with torch's afterwards.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    set_seed(seed, deterministic=hardware.deterministic)
+    accelerator = Accelerator(
+        cpu=device == "cpu", mixed_precision="no" if precision == "fp32" else precision, step_scheduler_with_optimizer=False
+    )
+    return accelerator, str(accelerator.device), precision

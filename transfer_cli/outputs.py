@@ -1,0 +1,79 @@
+"""The run folder: every file written atomically (temporary file, then rename), so a crash never leaves half a file.
+
+    metrics.json   one flat object with stable keys (SCHEMA_VERSION), written only when the run completes
+    history.csv    one row per epoch and phase
+    status.json    running | completed | failed (+ error), written at start and at the end, failures included
+    env.json       package versions, git sha, platform
+    run.log        the log (Hydra); .hydra/ holds the composed config and the overrides
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Dict, List
+
+SCHEMA_VERSION = 1
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_history(path: Path, rows: List[Dict[str, Any]]) -> None:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_status(folder: Path, status: str, **extra: Any) -> None:
+    write_json(folder / "status.json", {"status": status, "time": now(), **extra})
+
+
+def environment() -> Dict[str, Any]:
+    versions = {}
+    for package in ("transfer-cli", "torch", "transformers", "datasets", "accelerate", "hydra-core", "scikit-learn"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, "git_sha": _git_sha()}
+
+
+def _git_sha() -> str | None:
+    """The commit of the transfer source tree, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

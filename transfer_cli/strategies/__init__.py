@@ -1,0 +1,39 @@
+"""Strategies: one file each, named like its config (`configs/strategy/NAME.yaml` -> `strategies/NAME.py`)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Dict, Type
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..errors import TransferError
+from .base import Phase, Strategy
+
+__all__ = ["Phase", "Strategy", "strategy_class", "build_strategy"]
+
+
+def strategy_class(name: str) -> Type[Strategy]:
+    try:
+        module = importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError:
+        raise TransferError(f"no strategy module transfer_cli/strategies/{name}.py; see `transfer list` for the strategies") from None
+    found = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Strategy) and v.name == name]
+    if not found:
+        raise TransferError(f"transfer_cli/strategies/{name}.py defines no Strategy with name = '{name}'")
+    return found[0]
+
+
+def build_strategy(config: Dict[str, Any], model) -> Strategy:
+    """The strategy named by `config['name']`, its parameters checked against its `Params`."""
+    config = dict(config)
+    name = config.pop("name")
+    config.pop("description", None)
+    cls = strategy_class(name)
+    try:
+        params = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Params), config))
+    except OmegaConfBaseException as e:
+        allowed = ", ".join(cls.Params.__dataclass_fields__) or "none"
+        raise TransferError(f"strategy '{name}': {str(e).splitlines()[0]} (its parameters: {allowed})") from None
+    return cls(params, model)

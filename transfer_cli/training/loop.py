@@ -1,0 +1,150 @@
+"""The one training loop, shared by every strategy: phases -> epochs -> steps, evaluation every epoch,
+checkpoint selection and early stopping on the phase's selection signal."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..data import RunData
+from ..data.batching import TokenizedSet, eval_loader, train_loader
+from ..strategies import Phase, Strategy
+from .evaluate import evaluate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    final: Dict[str, Any] = field(default_factory=dict)  # the selected epoch's row of the last phase
+    train_seconds: float = 0.0
+    train_samples: int = 0
+    eval_seconds: float = 0.0
+    eval_samples: int = 0
+
+
+def _optimizer(strategy: Strategy, train: Any, lr: float) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norms; the head and the strategy's own modules may use head_lr."""
+    groups: Dict[tuple, List[torch.nn.Parameter]] = {}
+    for name, p in strategy.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = 0.0 if p.ndim < 2 else train.weight_decay
+        group_lr = lr if name.startswith("model.backbone.") else (train.head_lr or lr)
+        groups.setdefault((decay, group_lr), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "weight_decay": d, "lr": glr} for (d, glr), ps in groups.items()])
+
+
+def _warmup_then_linear_decay(optimizer, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.4f}"), transient=False,
+    )
+
+
+def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, pad_id: int) -> FitResult:
+    """Train through the strategy's phases; each phase ends with its selected checkpoint restored."""
+    result = FitResult()
+    phases = strategy.phases(data, cfg.train.epochs, cfg.seed)
+    with _progress_bar() as bar:
+        for number, phase in enumerate(phases):
+            result.final = _fit_phase(strategy, phase, data, cfg, accelerator, bar, result, pad_id, number)
+    return result
+
+
+def _evaluate_into(row: dict, prefix: str, model, data: TokenizedSet, cfg, accelerator, result, pad_id) -> None:
+    start = time.perf_counter()
+    scores = evaluate(model, eval_loader(data, cfg.train.eval_batch_size, pad_id), accelerator)
+    result.eval_seconds += time.perf_counter() - start
+    result.eval_samples += len(data)
+    row.update({f"{prefix}_{k}": v for k, v in scores.items()})
+
+
+def _fit_phase(strategy, phase: Phase, data, cfg, accelerator, bar, result: FitResult, pad_id: int, number: int):
+    train = cfg.train
+    lr = phase.lr or train.lr
+    loader = train_loader(phase.labelled, train.batch_size, cfg.seed + number, pad_id)
+    steps_per_epoch = math.ceil(len(loader) / train.grad_accum_steps)
+    total_steps = steps_per_epoch * phase.epochs
+    optimizer = accelerator.prepare_optimizer(_optimizer(strategy, train, lr))
+    scheduler = _warmup_then_linear_decay(optimizer, int(train.warmup_ratio * total_steps), total_steps)
+    unlabelled = None
+    if phase.unlabelled is not None:
+        unlabelled = itertools.chain.from_iterable(
+            itertools.repeat(train_loader(phase.unlabelled, train.batch_size, cfg.seed + 1000 + number, pad_id))
+        )
+    to_device = lambda b: {k: v.to(accelerator.device) for k, v in b.items()}  # noqa: E731
+
+    best_score, best_state, best_row, stale = -math.inf, None, None, 0
+    step = 0
+    for epoch in range(1, phase.epochs + 1):
+        task = bar.add_task(f"{phase.name} {epoch}/{phase.epochs}", total=len(loader), loss=float("nan"))
+        strategy.train()
+        start, losses, logs_sum = time.perf_counter(), [], {}
+        for i, batch in enumerate(loader):
+            progress = step / max(1, total_steps)
+            with accelerator.autocast():
+                loss, logs = strategy(to_device(batch), to_device(next(unlabelled)) if unlabelled else None, progress)
+            accelerator.backward(loss / train.grad_accum_steps)
+            if (i + 1) % train.grad_accum_steps == 0 or i + 1 == len(loader):
+                if train.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(strategy.parameters(), train.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+            losses.append(loss.item())
+            for k, v in logs.items():
+                logs_sum[k] = logs_sum.get(k, 0.0) + v
+            bar.update(task, advance=1, loss=sum(losses[-20:]) / len(losses[-20:]))
+        result.train_seconds += time.perf_counter() - start
+        result.train_samples += len(phase.labelled)
+
+        strategy.eval()
+        row = {"phase": phase.name, "epoch": epoch, "train_loss": sum(losses) / len(losses),
+               "lr": scheduler.get_last_lr()[0], **{k: v / len(losses) for k, v in logs_sum.items()}}
+        _evaluate_into(row, "source_val", strategy.model, data.source_val, cfg, accelerator, result, pad_id)
+        _evaluate_into(row, "target_test", strategy.model, data.target_test, cfg, accelerator, result, pad_id)
+        if phase.val is not None:
+            _evaluate_into(row, "target_val", strategy.model, phase.val, cfg, accelerator, result, pad_id)
+        score = {"source_val": row["source_val_accuracy"], "target_val": row.get("target_val_accuracy"),
+                 "last": epoch}[phase.selection]
+        row.update(selection=phase.selection, selection_score=score)
+        result.history.append(row)
+        log.info(
+            "%s epoch %d/%d: loss %.4f, source val acc %.4f, target test acc %.4f",
+            phase.name, epoch, phase.epochs, row["train_loss"], row["source_val_accuracy"], row["target_test_accuracy"],
+        )
+        if score > best_score:
+            best_score, best_row, stale = score, row, 0
+            if epoch < phase.epochs:  # the last epoch's weights are already in place
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in strategy.state_dict().items()})
+            else:
+                best_state = None
+        else:
+            stale += 1
+            if stale >= train.patience:
+                log.info("%s: early stop after epoch %d (no gain in %s for %d epochs)", phase.name, epoch, phase.selection, stale)
+                break
+    if best_state is not None:
+        strategy.load_state_dict(best_state)
+    best_row["selected"] = True
+    return best_row
