@@ -56,12 +56,11 @@ def validate(cfg: Any) -> None:
             )
 
 
-def choices() -> Dict[str, str]:
+def choices(cfg: DictConfig) -> Dict[str, str]:
+    """The option picked in each group; several sources join with '+' (Hydra records no choice for lists)."""
     picked = HydraConfig.get().runtime.choices
-    out = {}
-    for group in ("model", "source", "target", "strategy", "hardware", "experiment"):
-        value = picked.get(group)
-        out[group] = "+".join(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else str(value)
+    out = {group: str(picked.get(group)) for group in ("model", "strategy", "hardware", "experiment")}
+    out.update(source="+".join(cfg.source), target="+".join(cfg.target))
     return out
 
 
@@ -121,7 +120,7 @@ def _run(cfg: DictConfig, folder: Path, started: float) -> Dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "status": "completed",
         "transfer_version": __version__,
-        **choices(),
+        **choices(cfg),
         "protocol": typed.protocol.value,
         "oracle": strategy_cls.oracle,
         "target_labels": strategy_cls.target_labels,

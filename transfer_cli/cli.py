@@ -6,7 +6,6 @@ HYDRA_FULL_ERROR=1 or TRANSFER_DEBUG=1)."""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Iterable, List, Optional
@@ -66,6 +65,21 @@ def report_errors(func):
         sys.exit(2 if user_error else 1)
 
 
+class _WithoutHydraJobError:
+    """stderr without Hydra's "Error executing job with overrides" line: our one-line report replaces it."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if text.startswith("Error executing job with overrides:"):
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def _overrides(args: List[str]) -> Iterable[str]:
     skip = False
     for arg in args:
@@ -110,8 +124,8 @@ def run(args: List[str]) -> None:
     if "--help" not in args and "-h" not in args and "--hydra-help" not in args:
         report_errors(lambda: check_choices(args, dirs))
     hydra_utils.run_and_report = report_errors  # Hydra looks this name up at call time
-    if not debugging():  # our one-line report replaces Hydra's "Error executing job" log
-        logging.getLogger("hydra.core.utils").setLevel(logging.CRITICAL)
+    if not debugging():
+        sys.stderr = _WithoutHydraJobError(sys.stderr)
     sys.argv = ["transfer run", *args]
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(run_job)()
 

@@ -16,7 +16,21 @@ from typing import Any, Dict, List, Optional
 import yaml
 from hydra.core.config_store import ConfigStore
 
-CONFIG_DIR = Path(importlib.util.find_spec("transfer_cli.configs").submodule_search_locations[0])
+
+
+def _config_dir() -> Path:
+    """Installed: the package transfer_cli.configs (the repo's configs/ folder, mapped in pyproject.toml).
+    Imported straight from a source checkout: the configs/ folder beside the package."""
+    try:
+        spec = importlib.util.find_spec("transfer_cli.configs")
+    except ModuleNotFoundError:
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
+CONFIG_DIR = _config_dir()
 GROUPS = ("model", "source", "target", "strategy", "hardware", "experiment")
 DOMAIN_ROLES = ("source", "target")
 

@@ -1,0 +1,108 @@
+"""The real CLI in a subprocess: help, list, single runs, multiruns, a user's own domain, outputs on disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from .conftest import SMALL
+
+METRIC_KEYS = {
+    "schema_version", "status", "model", "source", "target", "strategy", "hardware", "protocol", "oracle", "seed",
+    "device", "precision", "source_train_size", "target_test_size", "target_test_accuracy", "target_test_f1_macro",
+    "source_val_accuracy", "transfer_gap", "selection", "selected_epoch", "train_seconds", "total_seconds",
+    "train_samples_per_second", "eval_samples_per_second", "trainable_parameters", "target_labels_used",
+}
+
+
+def run_folders(root: Path):
+    return sorted(p.parent for p in root.rglob("status.json"))
+
+
+def test_help_version_list(cli):
+    out = cli("--help")
+    assert out.returncode == 0 and "run" in out.stdout and "list" in out.stdout
+    out = cli("--version")
+    assert out.returncode == 0 and out.stdout.startswith("transfer ")
+    out = cli("list")
+    assert out.returncode == 0
+    for expected in ("minilm", "books", "movies", "demo_films", "dann", "Ganin", "cpu", "demo", "smoke"):
+        assert expected in out.stdout
+    out = cli("frobnicate")
+    assert out.returncode == 2 and "unknown command" in out.stderr
+
+
+def test_hydra_flags(cli):
+    out = cli("run", "--help")
+    assert out.returncode == 0 and "transfer run" in out.stdout and "finetune" in out.stdout
+    out = cli("run", "--cfg", "job", "strategy=dann", "target=dvd")
+    assert out.returncode == 0
+    assert "name: dann" in out.stdout and "dvd:" in out.stdout
+    out = cli("run", "--info", "searchpath")
+    assert out.returncode == 0 and "configs" in out.stdout
+    out = cli("run", "-c", "job", "model=tiny")
+    assert out.returncode == 0 and "name: tiny" in out.stdout
+
+
+def test_single_run_writes_every_output(cli, tmp_path):
+    out = cli("run", "strategy=dann", "source=books", "target=dvd", *SMALL)
+    assert out.returncode == 0, out.stderr
+    assert "target_test_accuracy" in out.stdout  # the rich table
+    (folder,) = run_folders(tmp_path / "outputs")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics["strategy"] == "dann" and metrics["source"] == "books" and metrics["target"] == "dvd"
+    assert metrics["status"] == "completed" and metrics["oracle"] is False and metrics["target_labels_used"] == 0
+    assert 0 <= metrics["target_test_accuracy"] <= 1 and metrics["target_test_size"] == 32
+    assert json.loads((folder / "status.json").read_text())["status"] == "completed"
+    env = json.loads((folder / "env.json").read_text())
+    assert env["packages"]["torch"]
+    rows = list(csv.DictReader((folder / "history.csv").open()))
+    assert rows and {"epoch", "train_loss", "domain_loss", "source_val_accuracy", "target_test_accuracy"} <= set(rows[0])
+    assert (folder / ".hydra" / "config.yaml").exists() and (folder / "run.log").exists()
+    assert not list(folder.glob(".*.json*"))  # no temporary files left
+
+
+def test_multirun_leaves_one_folder_per_job(cli, tmp_path):
+    out = cli("run", "-m", "strategy=source_only,target_oracle", "source=books", "target=kitchen", *SMALL)
+    assert out.returncode == 0, out.stderr
+    folders = run_folders(tmp_path / "outputs" / "multirun")
+    assert len(folders) == 2
+    strategies = {json.loads((f / "metrics.json").read_text())["strategy"]: f for f in folders}
+    assert set(strategies) == {"source_only", "target_oracle"}
+    oracle = json.loads((strategies["target_oracle"] / "metrics.json").read_text())
+    assert oracle["oracle"] is True and oracle["target_labels_used"] > 0 and oracle["selection"] == "target_val"
+
+
+def test_multi_source_run(cli, tmp_path):
+    out = cli("run", "source=[books,electronics]", "target=kitchen", *SMALL)
+    assert out.returncode == 0, out.stderr
+    (folder,) = run_folders(tmp_path / "outputs")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["source"] == "books+electronics" and metrics["source_train_size"] == 96
+
+
+def test_user_domain_is_one_yaml_file(cli, tmp_path):
+    """The README's example: a CSV of star-rated reviews and one YAML file in the user's config folder."""
+    rows = ["text,stars"] + [f"\"{w} product, really {w}\",{s}" for w, s in [("great", 5), ("awful", 1), ("fine", 3)] * 30]
+    (tmp_path / "shop.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "my_configs" / "domain").mkdir(parents=True)
+    (tmp_path / "my_configs" / "domain" / "shop.yaml").write_text(
+        f"name: shop\ndescription: my shop's reviews\nloader: files\npath: {tmp_path / 'shop.csv'}\n"
+        "text_column: text\nlabel_column: stars\nlabel_map: {1: 0, 2: 0, 4: 1, 5: 1}\n"
+    )
+    out = cli("run", "--config-dir", "my_configs", "source=books", "target=shop", *SMALL)
+    assert out.returncode == 0, out.stderr
+    (folder,) = run_folders(tmp_path / "outputs")
+    assert json.loads((folder / "metrics.json").read_text())["target"] == "shop"
+    out = cli("list", "--config-dir", "my_configs")
+    assert "shop" in out.stdout and "my shop's reviews" in out.stdout
+
+
+def test_transductive_protocol_is_recorded(cli, tmp_path):
+    out = cli("run", "experiment=smoke", "protocol=transductive", "data.max_target_test=null", "data.max_target_pool=null")
+    assert out.returncode == 0, out.stderr
+    (folder,) = run_folders(tmp_path / "outputs")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["protocol"] == "transductive" and metrics["target_test_size"] == 2000
