@@ -45,6 +45,24 @@ def test_hydra_flags(cli):
     assert out.returncode == 0 and "name: tiny" in out.stdout
 
 
+def test_tab_completion(cli):
+    out = cli("run", "-sc", "install=bash")
+    assert out.returncode == 0 and out.stdout.rstrip().endswith("hydra_bash_completion transfer")
+    out = cli("-sc", "query=bash", env={"COMP_LINE": "transfer run strategy="})
+    assert out.returncode == 0 and "strategy=dann" in out.stdout.split()
+    out = cli("-sc", "query=bash", env={"COMP_LINE": "transfer run target=mov"})
+    assert out.stdout.split() == ["target=movies"]
+
+
+def test_demo_oracle_beats_source_only(cli, tmp_path):
+    """The offline quickstart, with the default model: the demo's shift is real and measurable."""
+    out = cli("run", "-m", "experiment=demo", "strategy=source_only,target_oracle", env={"TRANSFER_DATA_DIR": str(tmp_path / "none")})
+    assert out.returncode == 0, out.stderr
+    accuracy = {m["strategy"]: m["target_test_accuracy"]
+                for m in (json.loads(p.read_text()) for p in tmp_path.rglob("metrics.json"))}
+    assert accuracy["target_oracle"] > accuracy["source_only"] + 0.15, accuracy
+
+
 def test_single_run_writes_every_output(cli, tmp_path):
     out = cli("run", "strategy=dann", "source=books", "target=dvd", *SMALL)
     assert out.returncode == 0, out.stderr

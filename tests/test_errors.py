@@ -82,7 +82,8 @@ def test_unreachable_model_hub(cli, tmp_path):
      ("hardware.precision=fp8", ["fp8", "bf16"]),
      ("protocol=sometimes", ["sometimes", "transductive"]),
      ("strategy.wieght=2", ["wieght"]),
-     ("target=books", ["both a source and the target"])],
+     ("target=books", ["both a source and the target"]),
+     ("hardware=cuda", ["no cuda device", "hardware=cpu"])],
 )
 def test_invalid_values(cli, tmp_path, override, fragments):
     args = [*SMALL, override] if override != "data.max_length=100000" else [*SMALL[:1], *SMALL[2:], override]

@@ -84,6 +84,7 @@ def run(cfg: DictConfig) -> float:
 
 
 def _run(cfg: DictConfig, folder: Path, started: float) -> Dict[str, Any]:
+    # heavy imports here, so that `--help`, `--cfg` and config errors answer at once
     from .data import build_data
     from .hardware import setup
     from .models import build_model, load_backbone_config, load_tokenizer, max_positions

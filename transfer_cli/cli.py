@@ -7,6 +7,7 @@ HYDRA_FULL_ERROR=1 or TRANSFER_DEBUG=1)."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Iterable, List, Optional
 
@@ -56,6 +57,8 @@ def report_errors(func):
     """Replaces Hydra's error reporter: one line, exit 2, unless debugging."""
     try:
         return func()
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.exit(0)
     except Exception as error:  # noqa: BLE001 - this is the top-level reporter
         if debugging():
             raise
@@ -126,7 +129,7 @@ def run(args: List[str]) -> None:
     hydra_utils.run_and_report = report_errors  # Hydra looks this name up at call time
     if not debugging():
         sys.stderr = _WithoutHydraJobError(sys.stderr)
-    sys.argv = ["transfer run", *args]
+    sys.argv = ["transfer", *args]
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(run_job)()
 
 
@@ -158,6 +161,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"transfer {__version__}")
     elif command == "run":
         run(rest)
+    elif command in ("-sc", "--shell-completion"):
+        # Hydra's completion script calls `transfer -sc query=bash` with the whole line in COMP_LINE.
+        os.environ["COMP_LINE"] = re.sub(r"^(\s*\S+)\s+run\b", r"\1", os.environ.get("COMP_LINE", ""))
+        run(argv)
     elif command == "list":
         list_options(rest)
     else:

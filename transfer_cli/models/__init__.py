@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import Pooling
 from ..errors import TransferError
 
 OFFLINE_HINT = "if you are offline, use model=minilm (packaged, works offline) or set model.name_or_path to a local folder"
@@ -86,4 +87,4 @@ def build_model(model: Any, num_labels: int, vocab_size: int) -> TransferModel:
         backbone = AutoModel.from_config(config)
     else:
         backbone = _load("weights", AutoModel.from_pretrained, resolve_path(model), model)
-    return TransferModel(backbone, num_labels, str(getattr(model.pooling, "value", model.pooling)), model.dropout)
+    return TransferModel(backbone, num_labels, Pooling(model.pooling).value, model.dropout)

@@ -6,6 +6,7 @@ labels to select on, the few-shot phase keeps its last epoch."""
 from dataclasses import dataclass
 from typing import Optional
 
+from ..errors import TransferError
 from .base import Phase, Strategy
 
 
@@ -21,8 +22,6 @@ class Finetune(Strategy):
 
     def phases(self, data, epochs, seed):
         if self.params.k < 1:
-            from ..errors import TransferError
-
             raise TransferError(f"strategy.k={self.params.k}: the number of target labels must be at least 1")
         few = data.labelled_target(self.params.k, seed)
         return [
