@@ -46,11 +46,30 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
         group, _, name = str(error.missing_cfg_file).rpartition("/")
         return f"unknown {group or 'config'} '{name}'; choose one of: {', '.join(error.options)} (see `transfer list`)"
-    parts = [str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__]
+    first = lambda e: str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # noqa: E731
+    unknown_key = re.match(r"Could not override '([\w.]+)'", first(error))
+    if unknown_key:
+        return f"unknown config key '{unknown_key.group(1)}'; {known_keys(unknown_key.group(1))}"
+    parts = [first(error)]
     cause = error.__cause__ or error.__context__
-    if cause is not None and str(cause).strip() and not isinstance(error, TransferError):
-        parts.append(str(cause).strip().splitlines()[0])
+    if cause is not None and not isinstance(error, TransferError) and first(cause) not in parts[0]:
+        parts.append(first(cause))
     return ": ".join(parts)
+
+
+def known_keys(key: str) -> str:
+    """The keys allowed beside a mistyped one, from the schema."""
+    import typing
+    from dataclasses import fields, is_dataclass
+
+    from .config import RunConfig
+
+    node, parent = RunConfig, key.split(".")[:-1]
+    for part in parent:
+        node = typing.get_type_hints(node).get(part) if is_dataclass(node) else None
+    if not is_dataclass(node):
+        return "`transfer run --cfg job` shows every key"
+    return f"{'.'.join(parent) or 'the config'} has: {', '.join(f.name for f in fields(node))}"
 
 
 def report_errors(func):

@@ -1,0 +1,103 @@
+"""Domains -> deterministic splits -> token ids.
+
+The protocol (no target-label leakage by default):
+- source: train / validation (stratified, per seed);
+- target, inductive: an adaptation pool (its labels hidden) and a disjoint labelled test split;
+- target, transductive: the pool and the test split are both all of the target data.
+Target labels of the pool are handed out only through `RunData.labelled_target`, which counts them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from ..errors import TransferError
+from .batching import TokenizedSet
+from .loaders import Examples, load_domain
+from .tokens import tokenize
+
+
+@dataclass
+class RunData:
+    source_train: TokenizedSet
+    source_val: TokenizedSet
+    target_pool: TokenizedSet  # unlabelled
+    target_test: TokenizedSet
+    source_domain_of_train: np.ndarray  # which source domain each training example comes from
+    _pool_labels: np.ndarray = field(repr=False, default=None)
+    target_labels_used: int = 0
+    num_labels: int = 2
+
+    def labelled_target(self, k: Optional[int], seed: int) -> TokenizedSet:
+        """k class-balanced labelled examples from the target pool (all of it when k is None). Counted."""
+        labels = self._pool_labels
+        if k is None or k >= len(labels):
+            index = np.arange(len(labels))
+        else:
+            rng = np.random.default_rng(seed)
+            classes = np.unique(labels)
+            per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+            index = np.concatenate([p[: k // len(classes) + (i < k % len(classes))] for i, p in enumerate(per_class)])
+        self.target_labels_used = max(self.target_labels_used, len(index))
+        return TokenizedSet([self.target_pool.ids[i] for i in index], labels[index])
+
+    def sizes(self) -> Dict[str, int]:
+        return {"source_train_size": len(self.source_train), "source_val_size": len(self.source_val),
+                "target_pool_size": len(self.target_pool), "target_test_size": len(self.target_test)}
+
+
+def _split(ex: Examples, fraction: float, seed: int):
+    index = np.arange(len(ex))
+    counts = np.bincount(ex.labels)
+    stratify = ex.labels if counts[counts > 0].min() >= 2 else None
+    try:
+        a, b = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError as e:
+        raise TransferError(f"domain '{ex.domain}' is too small to split ({len(ex)} examples): {e}") from None
+    return a, b
+
+
+def _limit(index: np.ndarray, limit: Optional[int]) -> np.ndarray:
+    return index if limit is None else index[:limit]
+
+
+def build_data(cfg, tokenizer, data_dir: Path, cache_dir: Path) -> RunData:
+    """Load every source and the target domain, split them for `cfg.seed`, and tokenize (cached)."""
+    d = cfg.data
+    tokens = lambda ex: tokenize(ex.texts, tokenizer, d.max_length, cache_dir)  # noqa: E731
+
+    train_ids: List[np.ndarray] = []
+    train_labels, val_ids, val_labels, domain_of = [], [], [], []
+    for number, domain in enumerate(cfg.source.values()):
+        ex = load_domain(domain, data_dir)
+        ids = tokens(ex)
+        tr, va = _split(ex, d.source_val_fraction, cfg.seed)
+        tr, va = _limit(tr, d.max_source_train), _limit(va, d.max_source_val)
+        train_ids += [ids[i] for i in tr]
+        val_ids += [ids[i] for i in va]
+        train_labels.append(ex.labels[tr])
+        val_labels.append(ex.labels[va])
+        domain_of.append(np.full(len(tr), number))
+
+    (target,) = cfg.target.values()
+    ex = load_domain(target, data_dir)
+    ids = tokens(ex)
+    if cfg.protocol == "transductive":
+        pool = test = np.random.default_rng(cfg.seed).permutation(len(ex))
+    else:
+        pool, test = _split(ex, d.target_test_fraction, cfg.seed)
+    pool, test = _limit(pool, d.max_target_pool), _limit(test, d.max_target_test)
+    return RunData(
+        source_train=TokenizedSet(train_ids, np.concatenate(train_labels)),
+        source_val=TokenizedSet(val_ids, np.concatenate(val_labels)),
+        target_pool=TokenizedSet([ids[i] for i in pool]),
+        target_test=TokenizedSet([ids[i] for i in test], ex.labels[test]),
+        source_domain_of_train=np.concatenate(domain_of),
+        _pool_labels=ex.labels[pool],
+        num_labels=len(target.labels),
+    )
