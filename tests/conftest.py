@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("TRANSFER_TEST_DATA_DIR", REPO.parent / "shared" / "data"))
+DATA_DIR = Path(os.environ.get("TRANSFER_DATA_DIR", REPO.parent / "shared" / "data"))
 # Small slices of real data and the tiny model: seconds per run on 2 cores.
 SMALL = ["model=tiny", "data.max_length=64", "data.max_source_train=48", "data.max_source_val=24",
          "data.max_target_pool=32", "data.max_target_test=32", "train.epochs=1", "train.batch_size=16"]
@@ -26,7 +26,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA_DIR / "amazon-multi-domain").is_dir():
-        pytest.skip(f"real data not found at {DATA_DIR} (set TRANSFER_TEST_DATA_DIR)")
+        pytest.skip(f"real data not found at {DATA_DIR} (set TRANSFER_DATA_DIR)")
     return DATA_DIR
 
 
@@ -36,11 +36,11 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def cli(tmp_path, cache_dir):
+def cli(tmp_path, cache_dir, data_dir):
     """Run `transfer ARGS...` in a subprocess, in a fresh folder, offline, on the real data."""
 
     def run(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-        full_env = {**os.environ, "TRANSFER_DATA_DIR": str(DATA_DIR), "TRANSFER_CACHE_DIR": str(cache_dir),
+        full_env = {**os.environ, "TRANSFER_DATA_DIR": str(data_dir), "TRANSFER_CACHE_DIR": str(cache_dir),
                     "COLUMNS": "200", **(env or {})}
         full_env.pop("HYDRA_FULL_ERROR", None)
         return subprocess.run(

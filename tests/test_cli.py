@@ -6,6 +6,8 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from .conftest import SMALL
 
 METRIC_KEYS = {
@@ -54,6 +56,7 @@ def test_tab_completion(cli):
     assert out.stdout.split() == ["target=movies"]
 
 
+@pytest.mark.slow
 def test_demo_oracle_beats_source_only(cli, tmp_path):
     """The offline quickstart, with the default model: the demo's shift is real and measurable."""
     out = cli("run", "-m", "experiment=demo", "strategy=source_only,target_oracle", env={"TRANSFER_DATA_DIR": str(tmp_path / "none")})
@@ -93,6 +96,13 @@ def test_multirun_leaves_one_folder_per_job(cli, tmp_path):
     assert oracle["oracle"] is True and oracle["target_labels_used"] > 0 and oracle["selection"] == "target_val"
 
 
+def test_sweep_over_hardware_in_one_process(cli, tmp_path):
+    out = cli("run", "-m", "hardware=cpu,cpu_fp32", "source=books", "target=dvd", *SMALL)
+    assert out.returncode == 0, out.stderr
+    precisions = sorted(json.loads(p.read_text())["precision"] for p in tmp_path.rglob("metrics.json"))
+    assert precisions == ["bf16", "fp32"]
+
+
 def test_multi_source_run(cli, tmp_path):
     out = cli("run", "source=[books,electronics]", "target=kitchen", *SMALL)
     assert out.returncode == 0, out.stderr
@@ -119,8 +129,10 @@ def test_user_domain_is_one_yaml_file(cli, tmp_path):
 
 
 def test_transductive_protocol_is_recorded(cli, tmp_path):
-    out = cli("run", "experiment=smoke", "protocol=transductive", "data.max_target_test=null", "data.max_target_pool=null")
+    out = cli("run", "experiment=smoke", "strategy=finetune", "strategy.k=20", "strategy.target_epochs=1",
+              "protocol=transductive", "data.max_target_test=null")
     assert out.returncode == 0, out.stderr
     (folder,) = run_folders(tmp_path / "outputs")
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["protocol"] == "transductive" and metrics["target_test_size"] == 2000
+    # all 2000 target reviews, less the 20 whose labels the few-shot phase trained on
+    assert metrics["protocol"] == "transductive" and metrics["target_test_size"] == 1980

@@ -27,13 +27,29 @@ def as_set(ids):
     return {tuple(i) for i in ids}
 
 
+def unique_domain(tmp_path, name, n):
+    """A files domain whose texts are all different, so splits can be compared by content."""
+    rows = "\n".join(f"{name} review number {i},{i % 2}" for i in range(n))
+    (tmp_path / f"{name}.csv").write_text(f"text,label\n{rows}\n")
+    return DomainConfig(name=name, loader="files", path=f"{name}.csv")
+
+
 def test_splits_are_deterministic_per_seed_and_disjoint(tokenizer, tmp_path):
-    a, b, c = build(tokenizer, tmp_path, seed=1), build(tokenizer, tmp_path, seed=1), build(tokenizer, tmp_path, seed=2)
-    assert [x.tolist() for x in a.target_test.ids] == [x.tolist() for x in b.target_test.ids]
-    assert [x.tolist() for x in a.target_test.ids] != [x.tolist() for x in c.target_test.ids]
-    assert a.sizes() == {"source_train_size": 240, "source_val_size": 60, "target_pool_size": 100, "target_test_size": 100}
-    # the pool and the test split are disjoint draws of the target (compare positions, texts may repeat)
-    assert len(a.target_pool) + len(a.target_test) == 200
+    def build_unique(seed, protocol=Protocol.inductive):
+        cfg = RunConfig(source={"a": unique_domain(tmp_path, "a", 100)}, target={"b": unique_domain(tmp_path, "b", 80)},
+                        data=DataConfig(max_length=32), seed=seed, protocol=protocol)
+        return build_data(cfg, tokenizer, tmp_path, tmp_path / "cache")
+
+    a, b, c = build_unique(1), build_unique(1), build_unique(2)
+    assert as_set(a.target_test.ids) == as_set(b.target_test.ids) != as_set(c.target_test.ids)
+    assert a.sizes() == {"source_train_size": 80, "source_val_size": 20, "target_pool_size": 40, "target_test_size": 40}
+    assert not as_set(a.target_pool.ids) & as_set(a.target_test.ids)
+    assert not as_set(a.source_train.ids) & as_set(a.source_val.ids)
+    # transductive: test on everything, except examples handed out with their labels
+    t = build_unique(1, Protocol.transductive)
+    assert as_set(t.target_test.ids) == as_set(t.target_pool.ids) and len(t.target_test) == 80
+    few = t.labelled_target(10, seed=0)
+    assert len(t.target_test) == 70 and not as_set(few.ids) & as_set(t.target_test.ids)
 
 
 def test_pool_is_unlabelled_and_labels_are_counted(tokenizer, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from .conftest import SMALL
 
@@ -64,6 +65,16 @@ def test_bad_user_data(cli, tmp_path, csv_text, fragments):
     assert_clean_error(cli("run", "-cd", "cfg", "target=mine", *SMALL), tmp_path, *fragments)
 
 
+def test_strategy_params_fail_before_data_loads(cli, tmp_path):
+    out = cli("run", "strategy=finetune", "strategy.k=0", env={"TRANSFER_DATA_DIR": str(tmp_path / "no-data")})
+    assert_clean_error(out, tmp_path, "strategy.k=0", ">= 1")
+
+
+def test_label_map_out_of_range(cli, tmp_path):
+    write_domain(tmp_path, "text,stars\ngood,5\nbad,1\n", "label_column: stars\nlabel_map: {1: 0, 5: 2}\n")
+    assert_clean_error(cli("run", "-cd", "cfg", "target=mine", *SMALL), tmp_path, "label_map maps to [2]")
+
+
 def test_unreachable_hub(cli, tmp_path):
     assert_clean_error(cli("run", "target=restaurants", *SMALL), tmp_path, "could not load 'fancyzhx/yelp_polarity'", "offline")
 
@@ -83,8 +94,11 @@ def test_unreachable_model_hub(cli, tmp_path):
      ("protocol=sometimes", ["sometimes", "transductive"]),
      ("strategy.wieght=2", ["wieght"]),
      ("target=books", ["both a source and the target"]),
+     ("strategy.weight=-1", ["strategy.weight=-1.0", ">= 0"]),
      ("hardware=cuda", ["no cuda device", "hardware=cpu"])],
 )
 def test_invalid_values(cli, tmp_path, override, fragments):
+    if override == "hardware=cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     args = [*SMALL, override] if override != "data.max_length=100000" else [*SMALL[:1], *SMALL[2:], override]
     assert_clean_error(cli("run", "strategy=dann", *args), tmp_path, *fragments)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 import traceback
@@ -15,7 +16,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import TransferError
-from .outputs import SCHEMA_VERSION, environment, now, write_history, write_json, write_status
+from .outputs import SCHEMA_VERSION, environment, now, write_atomic, write_history, write_json, write_status
 
 log = logging.getLogger("transfer")
 
@@ -59,7 +60,7 @@ def validate(cfg: Any) -> None:
 def choices(cfg: DictConfig) -> Dict[str, str]:
     """The option picked in each group; several sources join with '+' (Hydra records no choice for lists)."""
     picked = HydraConfig.get().runtime.choices
-    out = {group: str(picked.get(group)) for group in ("model", "strategy", "hardware", "experiment")}
+    out = {group: picked.get(group) for group in ("model", "strategy", "hardware", "experiment")}
     out.update(source="+".join(cfg.source), target="+".join(cfg.target))
     return out
 
@@ -88,12 +89,13 @@ def _run(cfg: DictConfig, folder: Path, started: float) -> Dict[str, Any]:
     from .data import build_data
     from .hardware import setup
     from .models import build_model, load_backbone_config, load_tokenizer, max_positions
-    from .strategies import build_strategy, strategy_class
+    from .strategies import strategy_params
     from .training.loop import fit
+    import torch
 
     typed = OmegaConf.to_object(cfg)  # the schema's dataclasses, checked by Hydra at composition
     validate(typed)
-    strategy_cls = strategy_class(cfg.strategy.name)
+    strategy_cls, params = strategy_params(OmegaConf.to_container(cfg.strategy))
     write_json(folder / "env.json", environment())
 
     accelerator, device, precision = setup(typed.hardware, typed.seed)
@@ -108,11 +110,12 @@ def _run(cfg: DictConfig, folder: Path, started: float) -> Dict[str, Any]:
     log.info("data: %s", data.sizes())
 
     model = build_model(typed.model, data.num_labels, len(tokenizer))
-    strategy = build_strategy(OmegaConf.to_container(cfg.strategy), model)
-    strategy = accelerator.prepare_model(strategy)
+    strategy = strategy_cls(params, model)
     result = fit(strategy, data, typed, accelerator, tokenizer.pad_token_id)
     if typed.train.save_model:
-        accelerator.save(accelerator.unwrap_model(strategy).state_dict(), folder / "model.pt")
+        buffer = io.BytesIO()
+        torch.save(strategy.state_dict(), buffer)
+        write_atomic(folder / "model.pt", buffer.getvalue())
     write_history(folder / "history.csv", result.history)
 
     final = result.final

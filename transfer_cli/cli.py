@@ -84,7 +84,7 @@ def report_errors(func):
         user_error = isinstance(error, TransferError) or type(error).__module__.split(".")[0] in ("hydra", "omegaconf")
         hint = "" if user_error else " (a bug? rerun with TRANSFER_DEBUG=1 for the traceback and report it)"
         print(f"transfer: error: {one_line(error)}{hint}", file=sys.stderr)
-        sys.exit(2 if user_error else 1)
+        sys.exit(TransferError.exit_code if user_error else 1)
 
 
 class _WithoutHydraJobError:
@@ -116,6 +116,7 @@ def _overrides(args: List[str]) -> Iterable[str]:
 def check_choices(args: List[str], dirs) -> None:
     """Unknown group options fail here, in one line that lists the valid ones."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
 
     try:
         parsed = OverridesParser.create().parse_overrides(list(_overrides(args)))
@@ -123,8 +124,8 @@ def check_choices(args: List[str], dirs) -> None:
         raise TransferError(f"cannot parse the overrides: {one_line(e)}") from None
     for override in parsed:
         group = override.key_or_group
-        if group not in GROUPS or override.is_delete():
-            continue
+        if group not in GROUPS or override.is_delete() or isinstance(override.value(), Glob):
+            continue  # a glob(...) sweep only selects among existing options
         options = group_options(group, dirs)
         value = override.value()
         values = getattr(value, "list", None) or (value if isinstance(value, list) else [value])
@@ -188,7 +189,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         list_options(rest)
     else:
         print(f"transfer: error: unknown command '{command}'; choose one of: run, list (see `transfer --help`)", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(TransferError.exit_code)
 
 
 if __name__ == "__main__":

@@ -144,9 +144,9 @@ class TrainConfig:
 
 @dataclass
 class PathsConfig:
-    data_dir: str = "data"
-    cache_dir: str = ".cache/transfer"
-    output_dir: str = "outputs"
+    data_dir: str = "${oc.env:TRANSFER_DATA_DIR,data}"
+    cache_dir: str = "${oc.env:TRANSFER_CACHE_DIR,'~/.cache/transfer'}"  # cached token ids
+    output_dir: str = "${oc.env:TRANSFER_OUTPUT_DIR,outputs}"
 
 
 @dataclass

@@ -10,15 +10,13 @@ import torch
 from .errors import TransferError
 
 
+DEFAULT_THREADS = torch.get_num_threads()
+
+
 def resolve_device(requested: str) -> str:
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}
+        return next(device for device, ok in available.items() if ok)
     if not available[requested]:
         raise TransferError(f"hardware.device={requested} but no {requested} device is available here; use hardware=auto or hardware=cpu")
     return requested
@@ -31,19 +29,22 @@ def resolve_precision(requested: str, device: str) -> str:
             raise TransferError("hardware.precision=fp16 is not supported on the CPU; use bf16 or fp32")
         return requested
     if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return "bf16" if device == "cpu" else "fp32"
 
 
 def setup(hardware: Any, seed: int) -> Tuple[Any, str, str]:
     """An Accelerator for this run, with the resolved device and precision."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
 
     device = resolve_device(hardware.device.value)
     precision = resolve_precision(hardware.precision.value, device)
-    if hardware.threads > 0:
-        torch.set_num_threads(hardware.threads)
+    torch.set_num_threads(hardware.threads or DEFAULT_THREADS)
+    # Sweep jobs share one process (Hydra's basic launcher); Accelerate's state is per process, so start afresh.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
     # The tokenizer runs before training; keep its thread pool from competing with torch's afterwards.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     set_seed(seed, deterministic=hardware.deterministic)

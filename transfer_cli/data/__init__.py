@@ -3,7 +3,8 @@
 The protocol (no target-label leakage by default):
 - source: train / validation (stratified, per seed);
 - target, inductive: an adaptation pool (its labels hidden) and a disjoint labelled test split;
-- target, transductive: the pool and the test split are both all of the target data.
+- target, transductive: the pool and the test split are both all of the target data, except that target examples
+  handed out with their labels (few-shot, oracle) leave the test split.
 Target labels of the pool are handed out only through `RunData.labelled_target`, which counts them.
 """
 
@@ -28,8 +29,9 @@ class RunData:
     source_val: TokenizedSet
     target_pool: TokenizedSet  # unlabelled
     target_test: TokenizedSet
-    source_domain_of_train: np.ndarray  # which source domain each training example comes from
     _pool_labels: np.ndarray = field(repr=False, default=None)
+    transductive: bool = False  # the pool and the test split are the same examples, in the same order
+    _handed_out: set = field(repr=False, default_factory=set)
     target_labels_used: int = 0
     num_labels: int = 2
 
@@ -44,6 +46,13 @@ class RunData:
             per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
             index = np.concatenate([p[: k // len(classes) + (i < k % len(classes))] for i, p in enumerate(per_class)])
         self.target_labels_used = max(self.target_labels_used, len(index))
+        if self.transductive:  # never test on an example trained with its label
+            self._handed_out.update(index.tolist())
+            keep = np.array([i for i in range(len(labels)) if i not in self._handed_out], dtype=np.int64)
+            if len(keep) == 0:
+                raise TransferError("this strategy trains on every target label, so protocol=transductive leaves "
+                                    "nothing to test on; use protocol=inductive")
+            self.target_test = TokenizedSet([self.target_pool.ids[i] for i in keep], labels[keep])
         return TokenizedSet([self.target_pool.ids[i] for i in index], labels[index])
 
     def sizes(self) -> Dict[str, int]:
@@ -72,8 +81,8 @@ def build_data(cfg, tokenizer, data_dir: Path, cache_dir: Path) -> RunData:
     tokens = lambda ex: tokenize(ex.texts, tokenizer, d.max_length, cache_dir)  # noqa: E731
 
     train_ids: List[np.ndarray] = []
-    train_labels, val_ids, val_labels, domain_of = [], [], [], []
-    for number, domain in enumerate(cfg.source.values()):
+    train_labels, val_ids, val_labels = [], [], []
+    for domain in cfg.source.values():
         ex = load_domain(domain, data_dir)
         ids = tokens(ex)
         tr, va = _split(ex, d.source_val_fraction, cfg.seed)
@@ -82,22 +91,22 @@ def build_data(cfg, tokenizer, data_dir: Path, cache_dir: Path) -> RunData:
         val_ids += [ids[i] for i in va]
         train_labels.append(ex.labels[tr])
         val_labels.append(ex.labels[va])
-        domain_of.append(np.full(len(tr), number))
 
     (target,) = cfg.target.values()
     ex = load_domain(target, data_dir)
     ids = tokens(ex)
-    if cfg.protocol == "transductive":
-        pool = test = np.random.default_rng(cfg.seed).permutation(len(ex))
+    transductive = cfg.protocol == "transductive"
+    if transductive:
+        pool = test = _limit(np.random.default_rng(cfg.seed).permutation(len(ex)), d.max_target_test)
     else:
         pool, test = _split(ex, d.target_test_fraction, cfg.seed)
-    pool, test = _limit(pool, d.max_target_pool), _limit(test, d.max_target_test)
+        pool, test = _limit(pool, d.max_target_pool), _limit(test, d.max_target_test)
     return RunData(
         source_train=TokenizedSet(train_ids, np.concatenate(train_labels)),
         source_val=TokenizedSet(val_ids, np.concatenate(val_labels)),
         target_pool=TokenizedSet([ids[i] for i in pool]),
         target_test=TokenizedSet([ids[i] for i in test], ex.labels[test]),
-        source_domain_of_train=np.concatenate(domain_of),
         _pool_labels=ex.labels[pool],
+        transductive=transductive,
         num_labels=len(target.labels),
     )

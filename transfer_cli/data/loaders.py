@@ -38,9 +38,6 @@ class Examples:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, index: np.ndarray) -> "Examples":
-        return Examples(self.domain, [self.texts[i] for i in index], self.labels[index])
-
 
 def load_domain(domain: Any, data_dir: Path) -> Examples:
     """Load and check one domain (a `DomainConfig` node)."""
@@ -79,6 +76,12 @@ def _map_labels(domain: Any, raw: List[Any]) -> np.ndarray:
     """Class indices; -1 marks rows the label_map leaves out (e.g. 3-star reviews)."""
     if domain.label_map:
         mapping = {str(k): int(v) for k, v in domain.label_map.items()}
+        bad = sorted(v for v in set(mapping.values()) if not 0 <= v < len(domain.labels))
+        if bad:
+            raise TransferError(
+                f"domain '{domain.name}': label_map maps to {bad}, but the classes are 0..{len(domain.labels) - 1} "
+                f"({list(domain.labels)}); fix the label_map or the labels list"
+            )
         return np.array([mapping.get(str(_plain(r)), -1) for r in raw], dtype=np.int64)
     names = {name: i for i, name in enumerate(domain.labels)}
     out = []

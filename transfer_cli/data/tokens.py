@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import List
 
 import numpy as np
+
+from ..outputs import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +41,16 @@ def tokenize(texts: List[str], tokenizer, max_length: int, cache_dir: Path) -> L
     """Token ids (with special tokens, truncated to max_length) of every text; read from the cache when present."""
     path = Path(cache_dir) / "tokens" / f"{cache_key(tokenizer_fingerprint(tokenizer), max_length, texts)}.npz"
     if path.exists():
-        stored = np.load(path)
         log.info("tokens: %d texts from the cache (%s)", len(texts), path.name)
-        return np.split(stored["ids"], stored["offsets"][1:-1])
+        with np.load(path) as stored:
+            return np.split(stored["ids"], stored["offsets"][1:-1])
     log.info("tokens: tokenizing %d texts (max_length %d)", len(texts), max_length)
     ids: List[np.ndarray] = []
     for start in range(0, len(texts), 1024):
         encoded = tokenizer(texts[start : start + 1024], truncation=True, max_length=max_length)["input_ids"]
         ids += [np.asarray(e, dtype=np.int32) for e in encoded]
     offsets = np.cumsum([0] + [len(i) for i in ids])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, ids=np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets=offsets)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, ids=np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets=offsets)
+    write_atomic(path, buffer.getvalue())
     return ids

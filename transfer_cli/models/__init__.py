@@ -80,6 +80,9 @@ class TransferModel(nn.Module):
 
 def build_model(model: Any, num_labels: int, vocab_size: int) -> TransferModel:
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress display is enough
 
     config = load_backbone_config(model)
     if model.random_init is not None:

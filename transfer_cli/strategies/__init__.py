@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Dict, Type
+from typing import Any, Dict, Tuple, Type
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -11,7 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ..errors import TransferError
 from .base import Phase, Strategy
 
-__all__ = ["Phase", "Strategy", "strategy_class", "build_strategy"]
+__all__ = ["Phase", "Strategy", "strategy_class", "strategy_params", "build_strategy"]
 
 
 def strategy_class(name: str) -> Type[Strategy]:
@@ -25,8 +25,8 @@ def strategy_class(name: str) -> Type[Strategy]:
     return found[0]
 
 
-def build_strategy(config: Dict[str, Any], model) -> Strategy:
-    """The strategy named by `config['name']`, its parameters checked against its `Params`."""
+def strategy_params(config: Dict[str, Any]) -> Tuple[Type[Strategy], Any]:
+    """The strategy class named by `config['name']` and its parameters, checked against its `Params`."""
     config = dict(config)
     name = config.pop("name")
     config.pop("description", None)
@@ -36,4 +36,9 @@ def build_strategy(config: Dict[str, Any], model) -> Strategy:
     except OmegaConfBaseException as e:
         allowed = ", ".join(cls.Params.__dataclass_fields__) or "none"
         raise TransferError(f"strategy '{name}': {str(e).splitlines()[0]} (its parameters: {allowed})") from None
+    return cls, params
+
+
+def build_strategy(config: Dict[str, Any], model) -> Strategy:
+    cls, params = strategy_params(config)
     return cls(params, model)

@@ -18,10 +18,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import RunData
+from ..errors import TransferError
 from ..data.batching import TokenizedSet
 from ..models import TransferModel
 
 Logs = Dict[str, float]
+
+
+def check(ok: bool, message: str) -> None:
+    """For `Params.__post_init__`: a parameter out of range is a user error."""
+    if not ok:
+        raise TransferError(message)
 
 
 @dataclass

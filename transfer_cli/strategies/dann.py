@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import DomainDiscriminator, GradientReversal, dann_lambda
-from .base import Strategy
+from .base import Strategy, check
 
 
 class DANN(Strategy):
@@ -24,6 +24,11 @@ class DANN(Strategy):
         weight: float = 1.0  # w, the domain loss weight
         gamma: float = 10.0  # γ of the λ schedule
         hidden: int = 256  # discriminator width
+
+        def __post_init__(self):
+            check(self.weight >= 0, f"strategy.weight={self.weight} must be >= 0")
+            check(self.gamma > 0, f"strategy.gamma={self.gamma} must be > 0")
+            check(self.hidden >= 1, f"strategy.hidden={self.hidden} must be >= 1")
 
     def __init__(self, params, model):
         super().__init__(params, model)

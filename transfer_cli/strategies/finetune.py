@@ -6,8 +6,7 @@ labels to select on, the few-shot phase keeps its last epoch."""
 from dataclasses import dataclass
 from typing import Optional
 
-from ..errors import TransferError
-from .base import Phase, Strategy
+from .base import Phase, Strategy, check
 
 
 class Finetune(Strategy):
@@ -20,9 +19,12 @@ class Finetune(Strategy):
         target_epochs: int = 5
         target_lr: Optional[float] = None  # default: train.lr
 
+        def __post_init__(self):
+            check(self.k >= 1, f"strategy.k={self.k} must be >= 1 (labelled target examples)")
+            check(self.target_epochs >= 1, f"strategy.target_epochs={self.target_epochs} must be >= 1")
+            check(self.target_lr is None or self.target_lr > 0, f"strategy.target_lr={self.target_lr} must be > 0")
+
     def phases(self, data, epochs, seed):
-        if self.params.k < 1:
-            raise TransferError(f"strategy.k={self.params.k}: the number of target labels must be at least 1")
         few = data.labelled_target(self.params.k, seed)
         return [
             Phase("source", data.source_train, epochs),

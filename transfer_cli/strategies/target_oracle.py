@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.batching import TokenizedSet
-from .base import Phase, Strategy
+from .base import Phase, Strategy, check
 
 
 class TargetOracle(Strategy):
@@ -18,6 +18,9 @@ class TargetOracle(Strategy):
     @dataclass
     class Params:
         val_fraction: float = 0.1  # of the labelled target pool, held out to select the checkpoint
+
+        def __post_init__(self):
+            check(0 < self.val_fraction < 1, f"strategy.val_fraction={self.val_fraction} must be in (0, 1)")
 
     def phases(self, data, epochs, seed):
         pool = data.labelled_target(None, seed)

@@ -3,7 +3,6 @@ checkpoint selection and early stopping on the phase's selection signal."""
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import math
@@ -15,6 +14,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..data import RunData
+from ..errors import TransferError
 from ..data.batching import TokenizedSet, eval_loader, train_loader
 from ..strategies import Phase, Strategy
 from .evaluate import evaluate
@@ -32,14 +32,16 @@ class FitResult:
     eval_samples: int = 0
 
 
-def _optimizer(strategy: Strategy, train: Any, lr: float) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norms; the head and the strategy's own modules may use head_lr."""
+def _optimizer(strategy: Strategy, train: Any, phase_lr: Optional[float]) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norms. A phase's own lr applies to everything; otherwise the head and
+    the strategy's own modules use head_lr (default lr)."""
     groups: Dict[tuple, List[torch.nn.Parameter]] = {}
     for name, p in strategy.named_parameters():
         if not p.requires_grad:
             continue
         decay = 0.0 if p.ndim < 2 else train.weight_decay
-        group_lr = lr if name.startswith("model.backbone.") else (train.head_lr or lr)
+        backbone = name.startswith("model.backbone.")
+        group_lr = phase_lr or (train.lr if backbone else train.head_lr or train.lr)
         groups.setdefault((decay, group_lr), []).append(p)
     return torch.optim.AdamW([{"params": ps, "weight_decay": d, "lr": glr} for (d, glr), ps in groups.items()])
 
@@ -64,9 +66,13 @@ def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, pad_id: int) -
     """Train through the strategy's phases; each phase ends with its selected checkpoint restored."""
     result = FitResult()
     phases = strategy.phases(data, cfg.train.epochs, cfg.seed)
+    # the prepared module (device, autocast, DDP when distributed) computes the loss; the plain one is for the rest
+    step = accelerator.prepare_model(strategy)
     with _progress_bar() as bar:
         for number, phase in enumerate(phases):
-            result.final = _fit_phase(strategy, phase, data, cfg, accelerator, bar, result, pad_id, number)
+            if len(phase.labelled) == 0:
+                raise TransferError(f"phase '{phase.name}' has no labelled examples to train on; use more data")
+            result.final = _fit_phase(strategy, step, phase, data, cfg, accelerator, bar, result, pad_id, number)
     return result
 
 
@@ -78,13 +84,12 @@ def _evaluate_into(row: dict, prefix: str, model, data: TokenizedSet, cfg, accel
     row.update({f"{prefix}_{k}": v for k, v in scores.items()})
 
 
-def _fit_phase(strategy, phase: Phase, data, cfg, accelerator, bar, result: FitResult, pad_id: int, number: int):
+def _fit_phase(strategy, step_fn, phase: Phase, data, cfg, accelerator, bar, result, pad_id: int, number: int):
     train = cfg.train
-    lr = phase.lr or train.lr
     loader = train_loader(phase.labelled, train.batch_size, cfg.seed + number, pad_id)
     steps_per_epoch = math.ceil(len(loader) / train.grad_accum_steps)
     total_steps = steps_per_epoch * phase.epochs
-    optimizer = accelerator.prepare_optimizer(_optimizer(strategy, train, lr))
+    optimizer = accelerator.prepare_optimizer(_optimizer(strategy, train, phase.lr))
     scheduler = _warmup_then_linear_decay(optimizer, int(train.warmup_ratio * total_steps), total_steps)
     unlabelled = None
     if phase.unlabelled is not None:
@@ -102,8 +107,9 @@ def _fit_phase(strategy, phase: Phase, data, cfg, accelerator, bar, result: FitR
         for i, batch in enumerate(loader):
             progress = step / max(1, total_steps)
             with accelerator.autocast():
-                loss, logs = strategy(to_device(batch), to_device(next(unlabelled)) if unlabelled else None, progress)
-            accelerator.backward(loss / train.grad_accum_steps)
+                loss, logs = step_fn(to_device(batch), to_device(next(unlabelled)) if unlabelled else None, progress)
+            group_start = i - i % train.grad_accum_steps  # the last group of an epoch may be shorter
+            accelerator.backward(loss / min(train.grad_accum_steps, len(loader) - group_start))
             if (i + 1) % train.grad_accum_steps == 0 or i + 1 == len(loader):
                 if train.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(strategy.parameters(), train.max_grad_norm)
@@ -136,7 +142,7 @@ def _fit_phase(strategy, phase: Phase, data, cfg, accelerator, bar, result: FitR
         if score > best_score:
             best_score, best_row, stale = score, row, 0
             if epoch < phase.epochs:  # the last epoch's weights are already in place
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in strategy.state_dict().items()})
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in strategy.state_dict().items()}
             else:
                 best_state = None
         else:
