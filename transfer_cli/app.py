@@ -86,12 +86,13 @@ def run(cfg: DictConfig) -> float:
 
 def _run(cfg: DictConfig, folder: Path, started: float) -> Dict[str, Any]:
     # heavy imports here, so that `--help`, `--cfg` and config errors answer at once
+    import torch
+
     from .data import build_data
     from .hardware import setup
     from .models import build_model, load_backbone_config, load_tokenizer, max_positions
     from .strategies import strategy_params
     from .training.loop import fit
-    import torch
 
     typed = OmegaConf.to_object(cfg)  # the schema's dataclasses, checked by Hydra at composition
     validate(typed)
