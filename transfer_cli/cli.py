@@ -76,8 +76,8 @@ def report_errors(func):
     """Replaces Hydra's error reporter: one line, exit 2, unless debugging."""
     try:
         return func()
-    except BrokenPipeError:  # output piped into `head` and the like
-        sys.exit(0)
+    except BrokenPipeError:
+        raise  # handled in main()
     except Exception as error:  # noqa: BLE001 - this is the top-level reporter
         if debugging():
             raise
@@ -173,7 +173,14 @@ def list_options(args: List[str]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        dispatch(sys.argv[1:] if argv is None else list(argv))
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+
+
+def dispatch(argv: List[str]) -> None:
     command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
     if command in ("-h", "--help", "help"):
         print(USAGE)
