@@ -47,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--data-dir", default=os.environ.get("TRANSFER_DATA_DIR", str(REPO.parent / "shared" / "data")))
     p.add_argument("--only", default="abcd", help="which recipes to run, e.g. 'ad'")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra override for recipe a, to measure what one setting contributes "
+                        "(e.g. --only a --set hardware=cpu_fp32)")
     p.add_argument("--out", default="bench_throughput.json")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -194,7 +197,8 @@ def run_bare_loop(args) -> dict:
 def measure(key: str, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if key == "a":
-            command = ["transfer", "run", *[f"{k}={v}" for k, v in overrides(args).items()], f"paths.output_dir={tmp}"]
+            command = ["transfer", "run", *[f"{k}={v}" for k, v in overrides(args).items()], *args.set,
+                       f"paths.output_dir={tmp}"]
         else:
             command = [sys.executable, __file__, "--child", key, "--child-out", f"{tmp}/result.json",
                        *[a for a in sys.argv[1:] if a not in ("--child",)]]

@@ -102,6 +102,9 @@ def test_length_grouped_batches_cover_everything_with_little_padding():
     random_batches = np.array_split(rng.permutation(1000), 63)
     padded_random = sum(len(b) * lengths[b].max() for b in random_batches)
     assert padded < 0.6 * padded_random
+    plain = list(LengthGroupedSampler(lengths, 16, seed=0, group=False))
+    assert sorted(i for b in plain for i in b) == list(range(1000))
+    assert padded < 0.6 * sum(len(b) * lengths[b].max() for b in plain)
     batch = next(iter(train_loader(data, 16, 0, pad_id=0)))
     assert batch["input_ids"].shape[1] == int(batch["attention_mask"].sum(1).max())
     evaluated = [i for b in eval_loader(data, 64, pad_id=0) for i in b["index"].tolist()]

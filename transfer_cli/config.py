@@ -139,6 +139,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     max_grad_norm: float = 1.0
     patience: int = 2  # epochs without improvement of the selection metric before stopping
+    group_by_length: bool = True  # batches of similar length (less padding); false: plain random batches
     save_model: bool = False
 
 

@@ -28,10 +28,11 @@ class TokenizedSet:
 
 
 class LengthGroupedSampler(Sampler):
-    """Shuffle, sort each window of MEGABATCH batches by length, cut into batches, shuffle the batch order."""
+    """Shuffle, sort each window of MEGABATCH batches by length, cut into batches, shuffle the batch order.
+    With group=False: plain random batches (the usual recipe, for comparison)."""
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int):
-        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, group: bool = True):
+        self.lengths, self.batch_size, self.seed, self.group, self.epoch = lengths, batch_size, seed, group, 0
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
@@ -40,6 +41,9 @@ class LengthGroupedSampler(Sampler):
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
         order = rng.permutation(len(self.lengths))
+        if not self.group:
+            yield from (order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size))
+            return
         window = self.batch_size * MEGABATCH
         batches = []
         for start in range(0, len(order), window):
@@ -69,8 +73,8 @@ class Collate:
         return batch
 
 
-def train_loader(data: TokenizedSet, batch_size: int, seed: int, pad_id: int) -> DataLoader:
-    sampler = LengthGroupedSampler(data.lengths, batch_size, seed)
+def train_loader(data: TokenizedSet, batch_size: int, seed: int, pad_id: int, group: bool = True) -> DataLoader:
+    sampler = LengthGroupedSampler(data.lengths, batch_size, seed, group)
     return DataLoader(range(len(data)), batch_sampler=sampler, collate_fn=Collate(data, pad_id))
 
 

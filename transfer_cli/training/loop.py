@@ -86,7 +86,7 @@ def _evaluate_into(row: dict, prefix: str, model, data: TokenizedSet, cfg, accel
 
 def _fit_phase(strategy, step_fn, phase: Phase, data, cfg, accelerator, bar, result, pad_id: int, number: int):
     train = cfg.train
-    loader = train_loader(phase.labelled, train.batch_size, cfg.seed + number, pad_id)
+    loader = train_loader(phase.labelled, train.batch_size, cfg.seed + number, pad_id, train.group_by_length)
     steps_per_epoch = math.ceil(len(loader) / train.grad_accum_steps)
     total_steps = steps_per_epoch * phase.epochs
     optimizer = accelerator.prepare_optimizer(_optimizer(strategy, train, phase.lr))
@@ -94,7 +94,8 @@ def _fit_phase(strategy, step_fn, phase: Phase, data, cfg, accelerator, bar, res
     unlabelled = None
     if phase.unlabelled is not None:
         unlabelled = itertools.chain.from_iterable(
-            itertools.repeat(train_loader(phase.unlabelled, train.batch_size, cfg.seed + 1000 + number, pad_id))
+            itertools.repeat(train_loader(phase.unlabelled, train.batch_size, cfg.seed + 1000 + number, pad_id,
+                                          train.group_by_length))
         )
     to_device = lambda b: {k: v.to(accelerator.device) for k, v in b.items()}  # noqa: E731
 
