@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Any, Tuple
 
@@ -33,6 +34,19 @@ def resolve_precision(requested: str, device: str) -> str:
     return "bf16" if device == "cpu" else "fp32"
 
 
+def keep_freed_memory() -> None:
+    """glibc hands large freed blocks back to the OS (mmap threshold, heap trimming), so each training step with a
+    new batch width page-faults its activations in again: measured 13-14 -> 17 train samples/s on 2 CPU cores, for
+    ~20% more peak memory. Keep freed memory in the process instead (no-op off glibc)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
 def setup(hardware: Any, seed: int) -> Tuple[Any, str, str]:
     """An Accelerator for this run, with the resolved device and precision."""
     from accelerate import Accelerator
@@ -42,6 +56,8 @@ def setup(hardware: Any, seed: int) -> Tuple[Any, str, str]:
     device = resolve_device(hardware.device.value)
     precision = resolve_precision(hardware.precision.value, device)
     torch.set_num_threads(hardware.threads or DEFAULT_THREADS)
+    if device == "cpu":
+        keep_freed_memory()
     # Sweep jobs share one process (Hydra's basic launcher); Accelerate's state is per process, so start afresh.
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
