@@ -101,7 +101,8 @@ def _run(cfg: DictConfig, folder: Path, started: float) -> Dict[str, Any]:
 
     accelerator, device, precision = setup(typed.hardware, typed.seed)
     tokenizer = load_tokenizer(typed.model)
-    limit = max_positions(load_backbone_config(typed.model))
+    backbone_config = load_backbone_config(typed.model)
+    limit = max_positions(backbone_config)
     if typed.data.max_length > limit:
         raise TransferError(f"data.max_length={typed.data.max_length} exceeds the limit of model '{typed.model.name}' ({limit}); use data.max_length<={limit}")
 
@@ -110,7 +111,7 @@ def _run(cfg: DictConfig, folder: Path, started: float) -> Dict[str, Any]:
     data_seconds = time.perf_counter() - t0
     log.info("data: %s", data.sizes())
 
-    model = build_model(typed.model, data.num_labels, len(tokenizer))
+    model = build_model(typed.model, data.num_labels, len(tokenizer), backbone_config)
     strategy = strategy_cls(params, model)
     result = fit(strategy, data, typed, accelerator, tokenizer.pad_token_id)
     if typed.train.save_model:

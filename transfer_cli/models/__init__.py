@@ -78,13 +78,14 @@ class TransferModel(nn.Module):
         return self.head(self.features(input_ids, attention_mask))
 
 
-def build_model(model: Any, num_labels: int, vocab_size: int) -> TransferModel:
+def build_model(model: Any, num_labels: int, vocab_size: int, config=None) -> TransferModel:
+    """`config`: the backbone config when the caller has already loaded it (to check limits)."""
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress display is enough
 
-    config = load_backbone_config(model)
+    config = config or load_backbone_config(model)
     if model.random_init is not None:
         config.vocab_size = vocab_size
         backbone = AutoModel.from_config(config)
