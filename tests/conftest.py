@@ -71,3 +71,15 @@ def tiny_model(tokenizer):
     config = ModelConfig(name="tiny", random_init={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                                                   "intermediate_size": 64, "max_position_embeddings": 128})
     return build_model(config, num_labels=2, vocab_size=len(tokenizer))
+
+
+@pytest.fixture
+def ctx(tmp_path, tokenizer):
+    """The context a strategy's phases() gets in a run: CPU, fp32, one epoch, seed 0."""
+    from transfer_cli.config import Device, HardwareConfig, Precision
+    from transfer_cli.hardware import setup
+    from transfer_cli.strategies import Context
+
+    accelerator, _, _ = setup(HardwareConfig(name="cpu", device=Device.cpu, precision=Precision.fp32), 0)
+    return Context(epochs=1, seed=0, cache_dir=tmp_path / "cache", accelerator=accelerator,
+                   pad_id=tokenizer.pad_token_id, eval_batch_size=32)

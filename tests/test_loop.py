@@ -23,7 +23,7 @@ class OnePhase(Strategy):
         super().__init__(None, model)
         self.data, self.epochs = data, epochs
 
-    def phases(self, data, epochs, seed):
+    def phases(self, data, ctx):
         return [Phase("train", self.data, self.epochs)]
 
 

@@ -62,16 +62,16 @@ def test_dann_encoder_ascends_domain_loss(tiny_model):
     "strategy, expected",
     [("source_only", 0), ("dann", 0), ("finetune", 20), ("target_oracle", 100)],
 )
-def test_who_sees_target_labels(tokenizer, tiny_model, tmp_path, strategy, expected):
+def test_who_sees_target_labels(tokenizer, tiny_model, tmp_path, ctx, strategy, expected):
     data = build_data(demo_config(), tokenizer, tmp_path, tmp_path / "cache")
     extra = {"k": 20} if strategy == "finetune" else {}
-    phases = build_strategy({"name": strategy, **extra}, tiny_model).phases(data, epochs=1, seed=0)
+    phases = build_strategy({"name": strategy, **extra}, tiny_model).phases(data, ctx)
     assert data.target_labels_used == expected
     for phase in phases:
         if phase.unlabelled is not None:
             assert phase.unlabelled.labels is None
     if strategy in ("source_only", "dann"):
-        assert all(phase.labelled is data.source_train for phase in phases)
+        assert all(phase.train is data.source_train for phase in phases)
 
 
 def test_strategy_params_are_validated(tiny_model):

@@ -34,6 +34,7 @@ def validate(cfg: Any) -> None:
         (0 <= t.warmup_ratio < 1, f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1)"),
         (t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} must be >= 0"),
         (t.patience >= 1, f"train.patience={t.patience} must be >= 1"),
+        (cfg.model.freeze_layers >= 0, f"model.freeze_layers={cfg.model.freeze_layers} must be >= 0"),
         (d.max_length >= 8, f"data.max_length={d.max_length} must be >= 8"),
         (0 < d.source_val_fraction < 1, f"data.source_val_fraction={d.source_val_fraction} must be in (0, 1)"),
         (0 < d.target_test_fraction < 1, f"data.target_test_fraction={d.target_test_fraction} must be in (0, 1)"),
@@ -60,7 +61,7 @@ def validate(cfg: Any) -> None:
 def choices(cfg: DictConfig) -> Dict[str, str]:
     """The option picked in each group; several sources join with '+' (Hydra records no choice for lists)."""
     picked = HydraConfig.get().runtime.choices
-    out = {group: picked.get(group) for group in ("model", "strategy", "hardware", "experiment")}
+    out = {group: picked.get(group) for group in ("model", "strategy", "peft", "hardware", "experiment")}
     out.update(source="+".join(cfg.source), target="+".join(cfg.target))
     return out
 
@@ -111,7 +112,7 @@ def _run(cfg: DictConfig, folder: Path, started: float) -> Dict[str, Any]:
     data_seconds = time.perf_counter() - t0
     log.info("data: %s", data.sizes())
 
-    model = build_model(typed.model, data.num_labels, len(tokenizer), backbone_config)
+    model = build_model(typed.model, data.num_labels, len(tokenizer), backbone_config, typed.peft)
     strategy = strategy_cls(params, model)
     result = fit(strategy, data, typed, accelerator, tokenizer.pad_token_id)
     if typed.train.save_model:

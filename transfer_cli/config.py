@@ -31,7 +31,7 @@ def _config_dir() -> Path:
 
 
 CONFIG_DIR = _config_dir()
-GROUPS = ("model", "source", "target", "strategy", "hardware", "experiment")
+GROUPS = ("model", "source", "target", "strategy", "peft", "hardware", "experiment")
 DOMAIN_ROLES = ("source", "target")
 
 
@@ -104,6 +104,26 @@ class ModelConfig:
     random_init: Optional[Dict[str, Any]] = None  # build a random-weight BERT of this shape (tests)
     pooling: Pooling = Pooling.mean
     dropout: float = 0.1
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0  # the bottom n transformer layers never train
+    gradual_unfreezing: bool = False  # ULMFiT: each epoch of a phase unfreezes one more layer, top down
+
+
+class PeftMethod(str, Enum):
+    none = "none"
+    lora = "lora"
+    ia3 = "ia3"
+    prefix_tuning = "prefix_tuning"
+
+
+@dataclass
+class PeftConfig:
+    """Parameter-efficient tuning through PEFT: the backbone is frozen and wrapped; any strategy can use it."""
+
+    name: str = "none"
+    description: str = ""
+    method: PeftMethod = PeftMethod.none
+    options: Dict[str, Any] = field(default_factory=dict)  # passed to PEFT's LoraConfig / IA3Config / ...
 
 
 @dataclass
@@ -157,6 +177,7 @@ class RunConfig:
     target: Dict[str, DomainConfig] = field(default_factory=dict)
     strategy: Dict[str, Any] = field(default_factory=dict)  # each strategy validates its own parameters
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -181,6 +202,21 @@ def search_dirs(argv: List[str]) -> List[Path]:
                 elif entry and "://" not in entry:
                     dirs.append(Path(entry))
     return [d.expanduser().resolve() for d in dirs]
+
+
+def run_config_dirs() -> List[Path]:
+    """The config folders of the running Hydra job (the packaged one plus the user's); outside a job, the packaged one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return [CONFIG_DIR]
+    dirs = []
+    for source in HydraConfig.get().runtime.config_sources:
+        if source.schema == "file":
+            dirs.append(Path(source.path))
+        elif source.schema == "pkg" and source.path.startswith("transfer_cli.configs"):
+            dirs.append(CONFIG_DIR)
+    return dirs or [CONFIG_DIR]
 
 
 def group_options(group: str, dirs: List[Path]) -> Dict[str, Path]:

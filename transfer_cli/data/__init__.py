@@ -34,6 +34,8 @@ class RunData:
     _handed_out: set = field(repr=False, default_factory=set)
     target_labels_used: int = 0
     num_labels: int = 2
+    source_domain: Optional[np.ndarray] = None  # index into source_names, per source_train example
+    source_names: List[str] = field(default_factory=list)
 
     def labelled_target(self, k: Optional[int], seed: int) -> TokenizedSet:
         """k class-balanced labelled examples from the target pool (all of it when k is None). Counted."""
@@ -81,8 +83,8 @@ def build_data(cfg, tokenizer, data_dir: Path, cache_dir: Path) -> RunData:
     tokens = lambda ex: tokenize(ex.texts, tokenizer, d.max_length, cache_dir)  # noqa: E731
 
     train_ids: List[np.ndarray] = []
-    train_labels, val_ids, val_labels = [], [], []
-    for domain in cfg.source.values():
+    train_labels, val_ids, val_labels, train_domain = [], [], [], []
+    for number, domain in enumerate(cfg.source.values()):
         ex = load_domain(domain, data_dir)
         ids = tokens(ex)
         tr, va = _split(ex, d.source_val_fraction, cfg.seed)
@@ -90,6 +92,7 @@ def build_data(cfg, tokenizer, data_dir: Path, cache_dir: Path) -> RunData:
         train_ids += [ids[i] for i in tr]
         val_ids += [ids[i] for i in va]
         train_labels.append(ex.labels[tr])
+        train_domain.append(np.full(len(tr), number))
         val_labels.append(ex.labels[va])
 
     (target,) = cfg.target.values()
@@ -109,4 +112,6 @@ def build_data(cfg, tokenizer, data_dir: Path, cache_dir: Path) -> RunData:
         _pool_labels=ex.labels[pool],
         transductive=transductive,
         num_labels=len(target.labels),
+        source_domain=np.concatenate(train_domain),
+        source_names=[domain.name for domain in cfg.source.values()],
     )

@@ -1,14 +1,19 @@
-"""The model: a pretrained backbone, pooling (cls or mean) into one feature vector, then a classification head."""
+"""The model: a pretrained backbone, pooling (cls or mean) into one feature vector, then a classification head.
+Options for any strategy: freezing (embeddings, bottom layers, gradual unfreezing) and PEFT wrappers."""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, List, Optional
 
 import torch
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from ..config import Pooling
+from ..config import ModelConfig, PeftConfig, PeftMethod, Pooling, group_options, run_config_dirs
 from ..errors import TransferError
 
 OFFLINE_HINT = "if you are offline, use model=minilm (packaged, works offline) or set model.name_or_path to a local folder"
@@ -24,6 +29,17 @@ def resolve_path(model: Any) -> str:
     if not model.name_or_path:
         raise TransferError(f"model '{model.name}' sets neither package nor name_or_path")
     return model.name_or_path
+
+
+def model_config(name: str, dirs: Optional[List[Path]] = None) -> ModelConfig:
+    """A model option (`configs/model/NAME.yaml` in the run's config folders), else a hub id or local folder."""
+    options = group_options("model", dirs or run_config_dirs())
+    if name not in options:
+        return ModelConfig(name=name, name_or_path=name)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), yaml.safe_load(options[name].read_text())))
+    except (OmegaConfBaseException, yaml.YAMLError) as e:
+        raise TransferError(f"model config {options[name]} is invalid: {str(e).splitlines()[0]}") from None
 
 
 def _load(what: str, loader, path: str, model: Any):
@@ -58,27 +74,81 @@ def max_positions(config) -> int:
 
 
 class TransferModel(nn.Module):
-    """backbone -> pooled features (`features`) -> logits (`head`)."""
+    """backbone -> pooled features (`features`) -> logits (`head`).
+
+    `cached_features`, when set, replaces the backbone and pooling (feature extraction from cached encodings)."""
 
     def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "mean", dropout: float = 0.1):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
         self.feature_dim = backbone.config.hidden_size
+        self.num_labels = num_labels
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.feature_dim, num_labels))
+        self.cached_features: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
 
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The backbone's pooled features, never from a cache."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
+        if self.cached_features is not None:
+            return self.cached_features(input_ids, attention_mask)
+        return self.encode(input_ids, attention_mask)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
         return self.head(self.features(input_ids, attention_mask))
 
+    def layer_groups(self) -> List[nn.Module]:
+        """The backbone bottom-up: the embeddings, then each transformer layer."""
+        base = self.backbone
+        n = base.config.num_hidden_layers
+        layers = next((m for m in base.modules() if isinstance(m, nn.ModuleList) and len(m) == n), None)
+        embeddings = getattr(base, "embeddings", None) or base.get_input_embeddings()
+        if layers is None:
+            raise TransferError(f"cannot find the {n} transformer layers of {type(base).__name__} to freeze them")
+        return [embeddings, *layers]
 
-def build_model(model: Any, num_labels: int, vocab_size: int, config=None) -> TransferModel:
+
+def freeze(model: TransferModel, embeddings: bool, layers: int) -> None:
+    groups = model.layer_groups()
+    if layers > len(groups) - 1:
+        raise TransferError(f"model.freeze_layers={layers} but the model has {len(groups) - 1} layers")
+    for group in groups[int(not embeddings): layers + 1]:
+        group.requires_grad_(False)
+
+
+def gradual_unfreeze(model: TransferModel, epoch: int, trainable: List[nn.Parameter]) -> None:
+    """ULMFiT (Howard & Ruder 2018): in epoch e of a phase the head and the top e-1 layer groups train. Only
+    parameters in `trainable` (what the phase trains at all) are ever switched back on."""
+    allowed = {id(p) for p in trainable}
+    groups = model.layer_groups()
+    for depth, group in enumerate(reversed(groups), start=1):
+        for p in group.parameters():
+            p.requires_grad_(depth < epoch and id(p) in allowed)
+
+
+def apply_peft(backbone: nn.Module, peft: PeftConfig) -> nn.Module:
+    """Wrap the backbone with PEFT: its own weights freeze, only the adapter's train."""
+    import peft as peft_lib
+
+    classes = {PeftMethod.lora: peft_lib.LoraConfig, PeftMethod.ia3: peft_lib.IA3Config,
+               PeftMethod.prefix_tuning: peft_lib.PrefixTuningConfig}
+    options = dict(peft.options)
+    if peft.method == PeftMethod.prefix_tuning:
+        options.setdefault("task_type", peft_lib.TaskType.FEATURE_EXTRACTION)
+    try:
+        config = classes[peft.method](**options)
+        return peft_lib.get_peft_model(backbone, config)
+    except (TypeError, ValueError) as e:
+        raise TransferError(f"peft={peft.name}: {str(e).splitlines()[0]}; check peft.options") from None
+
+
+def build_model(model: Any, num_labels: int, vocab_size: int, config=None, peft: Optional[PeftConfig] = None) -> TransferModel:
     """`config`: the backbone config when the caller has already loaded it (to check limits)."""
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
@@ -91,4 +161,9 @@ def build_model(model: Any, num_labels: int, vocab_size: int, config=None) -> Tr
         backbone = AutoModel.from_config(config)
     else:
         backbone = _load("weights", AutoModel.from_pretrained, resolve_path(model), model)
-    return TransferModel(backbone, num_labels, Pooling(model.pooling).value, model.dropout)
+    result = TransferModel(backbone, num_labels, Pooling(model.pooling).value, model.dropout)
+    if model.freeze_embeddings or model.freeze_layers:
+        freeze(result, model.freeze_embeddings, model.freeze_layers)
+    if peft is not None and peft.method != PeftMethod.none:
+        result.backbone = apply_peft(backbone, peft)
+    return result

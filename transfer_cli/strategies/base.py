@@ -4,23 +4,29 @@ The loop owns everything generic (batching, optimiser, schedule, precision, accu
 A strategy owns what makes it different:
 - `Params`: its hyperparameters, validated from its YAML;
 - its extra modules (created in `__init__`, trained with the model);
-- `phases()`: what each training phase trains on (default: labelled source, plus unlabelled target if it adapts);
-- `forward()`: the per-step loss from a labelled batch and, when it adapts, an unlabelled target batch.
+- `phases()`: what each training phase trains on (default: labelled source, plus unlabelled target if it adapts).
+  It may be a generator: the next phase is built after the previous one trained (self-training's pseudo-labels);
+- `start_phase()`: which parameters train in a phase (default: all that are not frozen);
+- `forward()`: the per-step loss from a batch of the phase's training set and, when the phase has one, a batch of
+  unlabelled target text.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data import RunData
-from ..errors import TransferError
 from ..data.batching import TokenizedSet
+from ..errors import TransferError
 from ..models import TransferModel
+from ..training.evaluate import infer
 
 Logs = Dict[str, float]
 
@@ -33,16 +39,43 @@ def check(ok: bool, message: str) -> None:
 
 @dataclass
 class Phase:
-    """One stage of training. `selection` picks its checkpoint: source_val (label-free w.r.t. the target),
-    target_val (oracle runs only), or last (no held-out data, e.g. k-shot fine-tuning)."""
+    """One stage of training.
+
+    `train` is the set the epoch runs over (labelled, except in self-supervised phases such as MLM).
+    `selection` picks the phase's checkpoint: source_val (label-free w.r.t. the target), target_val (oracle runs
+    only), or last (no held-out data, e.g. k-shot fine-tuning).
+    `model` is the model the phase evaluates (default: the strategy's model; a teacher, while it trains).
+    `batch_by` gives each training example a group (its source domain): batches never mix groups."""
 
     name: str
-    labelled: TokenizedSet
+    train: TokenizedSet
     epochs: int
     unlabelled: Optional[TokenizedSet] = None
     selection: str = "source_val"
     val: Optional[TokenizedSet] = None
     lr: Optional[float] = None
+    model: Optional[TransferModel] = None
+    batch_by: Optional[np.ndarray] = None
+
+
+@dataclass
+class Context:
+    """What `phases()` may need from the run: the schedule, the seed, the cache, and inference on the run's device."""
+
+    epochs: int
+    seed: int
+    cache_dir: Path
+    accelerator: Any
+    pad_id: int
+    eval_batch_size: int
+
+    def probabilities(self, model: TransferModel, data: TokenizedSet) -> torch.Tensor:
+        model.eval()
+        return infer(model, data, self.eval_batch_size, self.pad_id, self.accelerator).softmax(-1)
+
+    def features(self, model: TransferModel, data: TokenizedSet) -> torch.Tensor:
+        model.eval()
+        return infer(model.features, data, self.eval_batch_size, self.pad_id, self.accelerator)
 
 
 class Strategy(nn.Module):
@@ -60,15 +93,23 @@ class Strategy(nn.Module):
         self.params = params
         self.model = model
 
-    def phases(self, data: RunData, epochs: int, seed: int) -> List[Phase]:
-        return [Phase("train", data.source_train, epochs, unlabelled=data.target_pool if self.adapts else None)]
+    def phases(self, data: RunData, ctx: Context) -> Iterable[Phase]:
+        return [Phase("train", data.source_train, ctx.epochs, unlabelled=data.target_pool if self.adapts else None)]
 
-    def task_loss(self, batch: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+    def start_phase(self, phase: Phase) -> None:
+        """Called before a phase's optimiser is built: set `requires_grad` for what this phase trains."""
+
+    def task_loss(self, batch: dict, model: Optional[TransferModel] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy on a labelled batch, and the pooled features it came from."""
-        features = self.model.features(**batch)
-        return F.cross_entropy(self.model.head(features).float(), batch["labels"]), features
+        features = (model or self.model).features(**batch)
+        return F.cross_entropy((model or self.model).head(features).float(), batch["labels"]), features
 
     def forward(self, labelled: dict, unlabelled: Optional[dict], progress: float) -> Tuple[torch.Tensor, Logs]:
         """The loss of one step; `progress` runs from 0 to 1 over the phase (for schedules such as DANN's λ)."""
         loss, _ = self.task_loss(labelled)
         return loss, {}
+
+
+def set_trainable(module: nn.Module, trainable: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(trainable)

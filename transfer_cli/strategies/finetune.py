@@ -24,9 +24,9 @@ class Finetune(Strategy):
             check(self.target_epochs >= 1, f"strategy.target_epochs={self.target_epochs} must be >= 1")
             check(self.target_lr is None or self.target_lr > 0, f"strategy.target_lr={self.target_lr} must be > 0")
 
-    def phases(self, data, epochs, seed):
-        few = data.labelled_target(self.params.k, seed)
+    def phases(self, data, ctx):
+        few = data.labelled_target(self.params.k, ctx.seed)
         return [
-            Phase("source", data.source_train, epochs),
+            Phase("source", data.source_train, ctx.epochs),
             Phase("target_k_shot", few, self.params.target_epochs, selection="last", lr=self.params.target_lr),
         ]

@@ -22,9 +22,9 @@ class TargetOracle(Strategy):
         def __post_init__(self):
             check(0 < self.val_fraction < 1, f"strategy.val_fraction={self.val_fraction} must be in (0, 1)")
 
-    def phases(self, data, epochs, seed):
-        pool = data.labelled_target(None, seed)
-        order = np.random.default_rng(seed).permutation(len(pool))
+    def phases(self, data, ctx):
+        pool = data.labelled_target(None, ctx.seed)
+        order = np.random.default_rng(ctx.seed).permutation(len(pool))
         n_val = max(1, int(len(pool) * self.params.val_fraction))
         take = lambda idx: TokenizedSet([pool.ids[i] for i in idx], pool.labels[idx])  # noqa: E731
-        return [Phase("target", take(order[n_val:]), epochs, selection="target_val", val=take(order[:n_val]))]
+        return [Phase("target", take(order[n_val:]), ctx.epochs, selection="target_val", val=take(order[:n_val]))]

@@ -1,32 +1,31 @@
-"""Evaluation: one forward pass per batch, predictions -> accuracy and macro-F1."""
+"""Inference over a data set: outputs in the data set's original order; logits -> accuracy and macro-F1."""
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Callable, Dict
 
-import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from ..data.batching import TokenizedSet, eval_loader
+
 
 @torch.no_grad()
-def predict(model, loader, accelerator) -> Dict[str, np.ndarray]:
-    """Predicted classes and true labels, in the data set's original order."""
-    model.eval()
-    index, preds, labels = [], [], []
-    for batch in loader:
+def infer(fn: Callable[..., torch.Tensor], data: TokenizedSet, batch_size: int, pad_id: int, accelerator) -> torch.Tensor:
+    """`fn(input_ids, attention_mask)` on every example (float32, on the CPU), in the set's order."""
+    index, outputs = [], []
+    for batch in eval_loader(data, batch_size, pad_id):
         with accelerator.autocast():
-            logits = model(batch["input_ids"].to(accelerator.device), batch["attention_mask"].to(accelerator.device))
-        preds.append(logits.argmax(-1).cpu())
+            out = fn(batch["input_ids"].to(accelerator.device), batch["attention_mask"].to(accelerator.device))
+        outputs.append(out.float().cpu())
         index.append(batch["index"])
-        labels.append(batch["labels"])
-    order = torch.cat(index).argsort()
-    return {"pred": torch.cat(preds)[order].numpy(), "label": torch.cat(labels)[order].numpy()}
+    return torch.cat(outputs)[torch.cat(index).argsort()]
 
 
-def evaluate(model, loader, accelerator) -> Dict[str, float]:
-    out = predict(model, loader, accelerator)
+def evaluate(model, data: TokenizedSet, batch_size: int, pad_id: int, accelerator) -> Dict[str, float]:
+    model.eval()
+    pred = infer(model, data, batch_size, pad_id, accelerator).argmax(-1).numpy()
     return {
-        "accuracy": float(accuracy_score(out["label"], out["pred"])),
-        "f1_macro": float(f1_score(out["label"], out["pred"], average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(data.labels, pred)),
+        "f1_macro": float(f1_score(data.labels, pred, average="macro", zero_division=0)),
     }

@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -15,8 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..data import RunData
 from ..errors import TransferError
-from ..data.batching import TokenizedSet, eval_loader, train_loader
-from ..strategies import Phase, Strategy
+from ..data.batching import TokenizedSet, train_loader
+from ..models import gradual_unfreeze
+from ..strategies import Context, Phase, Strategy
 from .evaluate import evaluate
 
 log = logging.getLogger(__name__)
@@ -65,31 +67,35 @@ def _progress_bar() -> Progress:
 def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, pad_id: int) -> FitResult:
     """Train through the strategy's phases; each phase ends with its selected checkpoint restored."""
     result = FitResult()
-    phases = strategy.phases(data, cfg.train.epochs, cfg.seed)
+    ctx = Context(cfg.train.epochs, cfg.seed, Path(cfg.paths.cache_dir).expanduser(), accelerator, pad_id,
+                  cfg.train.eval_batch_size)
     # the prepared module (device, autocast, DDP when distributed) computes the loss; the plain one is for the rest
     step = accelerator.prepare_model(strategy)
     with _progress_bar() as bar:
-        for number, phase in enumerate(phases):
-            if len(phase.labelled) == 0:
-                raise TransferError(f"phase '{phase.name}' has no labelled examples to train on; use more data")
-            result.final = _fit_phase(strategy, step, phase, data, cfg, accelerator, bar, result, pad_id, number)
+        for number, phase in enumerate(strategy.phases(data, ctx)):
+            if len(phase.train) == 0:
+                raise TransferError(f"phase '{phase.name}' has no examples to train on; use more data")
+            strategy.start_phase(phase)
+            result.final = _fit_phase(strategy, step, phase, number, data, ctx, cfg, bar, result)
     return result
 
 
-def _evaluate_into(row: dict, prefix: str, model, data: TokenizedSet, cfg, accelerator, result, pad_id) -> None:
+def _evaluate_into(row: dict, prefix: str, model, data: TokenizedSet, ctx: Context, result: FitResult) -> None:
     start = time.perf_counter()
-    scores = evaluate(model, eval_loader(data, cfg.train.eval_batch_size, pad_id), accelerator)
+    scores = evaluate(model, data, ctx.eval_batch_size, ctx.pad_id, ctx.accelerator)
     result.eval_seconds += time.perf_counter() - start
     result.eval_samples += len(data)
     row.update({f"{prefix}_{k}": v for k, v in scores.items()})
 
 
-def _fit_phase(strategy, step_fn, phase: Phase, data, cfg, accelerator, bar, result, pad_id: int, number: int):
-    train = cfg.train
-    loader = train_loader(phase.labelled, train.batch_size, cfg.seed + number, pad_id, train.group_by_length)
+def _fit_phase(strategy, step_fn, phase: Phase, number: int, data: RunData, ctx: Context, cfg, bar, result: FitResult):
+    train, accelerator, pad_id = cfg.train, ctx.accelerator, ctx.pad_id
+    model = phase.model or strategy.model
+    loader = train_loader(phase.train, train.batch_size, cfg.seed + number, pad_id, train.group_by_length, phase.batch_by)
     steps_per_epoch = math.ceil(len(loader) / train.grad_accum_steps)
     total_steps = steps_per_epoch * phase.epochs
     optimizer = accelerator.prepare_optimizer(_optimizer(strategy, train, phase.lr))
+    trainable = [p for p in model.parameters() if p.requires_grad]
     scheduler = _warmup_then_linear_decay(optimizer, int(train.warmup_ratio * total_steps), total_steps)
     unlabelled = None
     if phase.unlabelled is not None:
@@ -103,6 +109,8 @@ def _fit_phase(strategy, step_fn, phase: Phase, data, cfg, accelerator, bar, res
     step = 0
     for epoch in range(1, phase.epochs + 1):
         task = bar.add_task(f"{phase.name} {epoch}/{phase.epochs}", total=len(loader), loss=float("nan"))
+        if cfg.model.gradual_unfreezing:
+            gradual_unfreeze(model, epoch, trainable)
         strategy.train()
         start, losses, logs_sum = time.perf_counter(), [], {}
         for i, batch in enumerate(loader):
@@ -123,15 +131,15 @@ def _fit_phase(strategy, step_fn, phase: Phase, data, cfg, accelerator, bar, res
                 logs_sum[k] = logs_sum.get(k, 0.0) + v
             bar.update(task, advance=1, loss=sum(losses[-20:]) / len(losses[-20:]))
         result.train_seconds += time.perf_counter() - start
-        result.train_samples += len(phase.labelled)
+        result.train_samples += len(phase.train)
 
         strategy.eval()
         row = {"phase": phase.name, "epoch": epoch, "train_loss": sum(losses) / len(losses),
                "lr": scheduler.get_last_lr()[0], **{k: v / len(losses) for k, v in logs_sum.items()}}
-        _evaluate_into(row, "source_val", strategy.model, data.source_val, cfg, accelerator, result, pad_id)
-        _evaluate_into(row, "target_test", strategy.model, data.target_test, cfg, accelerator, result, pad_id)
+        _evaluate_into(row, "source_val", model, data.source_val, ctx, result)
+        _evaluate_into(row, "target_test", model, data.target_test, ctx, result)
         if phase.val is not None:
-            _evaluate_into(row, "target_val", strategy.model, phase.val, cfg, accelerator, result, pad_id)
+            _evaluate_into(row, "target_val", model, phase.val, ctx, result)
         score = {"source_val": row["source_val_accuracy"], "target_val": row.get("target_val_accuracy"),
                  "last": epoch}[phase.selection]
         row.update(selection=phase.selection, selection_score=score)
@@ -153,5 +161,7 @@ def _fit_phase(strategy, step_fn, phase: Phase, data, cfg, accelerator, bar, res
                 break
     if best_state is not None:
         strategy.load_state_dict(best_state)
+    for p in trainable:  # gradual unfreezing ends with everything the phase trained unfrozen
+        p.requires_grad_(True)
     best_row["selected"] = True
     return best_row
