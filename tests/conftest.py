@@ -82,4 +82,4 @@ def ctx(tmp_path, tokenizer):
 
     accelerator, _, _ = setup(HardwareConfig(name="cpu", device=Device.cpu, precision=Precision.fp32), 0)
     return Context(epochs=1, seed=0, cache_dir=tmp_path / "cache", accelerator=accelerator,
-                   pad_id=tokenizer.pad_token_id, eval_batch_size=32)
+                   tokenizer=tokenizer, eval_batch_size=32)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -50,7 +52,7 @@ def fit(model, scores, epochs, n=40, **train):
 
     original, loop._evaluate_into = loop._evaluate_into, scripted
     try:
-        result = loop.fit(OnePhase(model, labelled(n), epochs), FakeData(), cfg, accelerator, pad_id=0)
+        result = loop.fit(OnePhase(model, labelled(n), epochs), FakeData(), cfg, accelerator, SimpleNamespace(pad_token_id=0))
     finally:
         loop._evaluate_into = original
     return result, snapshots, model

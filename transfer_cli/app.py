@@ -114,7 +114,7 @@ def _run(cfg: DictConfig, folder: Path, started: float) -> Dict[str, Any]:
 
     model = build_model(typed.model, data.num_labels, len(tokenizer), backbone_config, typed.peft)
     strategy = strategy_cls(params, model)
-    result = fit(strategy, data, typed, accelerator, tokenizer.pad_token_id)
+    result = fit(strategy, data, typed, accelerator, tokenizer)
     if typed.train.save_model:
         buffer = io.BytesIO()
         torch.save(strategy.state_dict(), buffer)

@@ -235,7 +235,12 @@ def describe(path: Path) -> str:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
         return ""
-    return str(data.get("description", "")).strip() if isinstance(data, dict) else ""
+    if not isinstance(data, dict):
+        return ""
+    nested = data.get(path.parent.name)  # a `# @package _global_` option keeps its group's keys one level down
+    if "description" not in data and isinstance(nested, dict):
+        data = nested
+    return str(data.get("description", "")).strip()
 
 
 def register_schema_and_domains(dirs: List[Path]) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -66,16 +66,21 @@ class Context:
     seed: int
     cache_dir: Path
     accelerator: Any
-    pad_id: int
+    tokenizer: Any
     eval_batch_size: int
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
 
     def probabilities(self, model: TransferModel, data: TokenizedSet) -> torch.Tensor:
         model.eval()
         return infer(model, data, self.eval_batch_size, self.pad_id, self.accelerator).softmax(-1)
 
     def features(self, model: TransferModel, data: TokenizedSet) -> torch.Tensor:
+        """The backbone's pooled features (never from a feature cache)."""
         model.eval()
-        return infer(model.features, data, self.eval_batch_size, self.pad_id, self.accelerator)
+        return infer(model.encode, data, self.eval_batch_size, self.pad_id, self.accelerator)
 
 
 class Strategy(nn.Module):
@@ -92,12 +97,26 @@ class Strategy(nn.Module):
         super().__init__()
         self.params = params
         self.model = model
+        self.phase = ""
+        self._frozen: List[nn.Module] = []
+
+    def freeze(self, module: nn.Module) -> None:
+        """A frozen model (a teacher, a source encoder): no gradients, and always in eval mode (no dropout)."""
+        set_trainable(module, False)
+        self._frozen.append(module.eval())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
 
     def phases(self, data: RunData, ctx: Context) -> Iterable[Phase]:
         return [Phase("train", data.source_train, ctx.epochs, unlabelled=data.target_pool if self.adapts else None)]
 
     def start_phase(self, phase: Phase) -> None:
-        """Called before a phase's optimiser is built: set `requires_grad` for what this phase trains."""
+        """Called before a phase's optimiser is built; overrides set `requires_grad` for what the phase trains."""
+        self.phase = phase.name
 
     def task_loss(self, batch: dict, model: Optional[TransferModel] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy on a labelled batch, and the pooled features it came from."""

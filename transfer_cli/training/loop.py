@@ -42,7 +42,7 @@ def _optimizer(strategy: Strategy, train: Any, phase_lr: Optional[float]) -> tor
         if not p.requires_grad:
             continue
         decay = 0.0 if p.ndim < 2 else train.weight_decay
-        backbone = name.startswith("model.backbone.")
+        backbone = ".backbone." in f".{name}"  # the model's, a teacher's, a frozen copy's
         group_lr = phase_lr or (train.lr if backbone else train.head_lr or train.lr)
         groups.setdefault((decay, group_lr), []).append(p)
     return torch.optim.AdamW([{"params": ps, "weight_decay": d, "lr": glr} for (d, glr), ps in groups.items()])
@@ -64,10 +64,10 @@ def _progress_bar() -> Progress:
     )
 
 
-def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, pad_id: int) -> FitResult:
+def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, tokenizer) -> FitResult:
     """Train through the strategy's phases; each phase ends with its selected checkpoint restored."""
     result = FitResult()
-    ctx = Context(cfg.train.epochs, cfg.seed, Path(cfg.paths.cache_dir).expanduser(), accelerator, pad_id,
+    ctx = Context(cfg.train.epochs, cfg.seed, Path(cfg.paths.cache_dir).expanduser(), accelerator, tokenizer,
                   cfg.train.eval_batch_size)
     # the prepared module (device, autocast, DDP when distributed) computes the loss; the plain one is for the rest
     step = accelerator.prepare_model(strategy)
