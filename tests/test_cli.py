@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from transfer_cli.config import CONFIG_DIR, group_options
+from transfer_cli.strategies import strategy_class
+
 from .conftest import SMALL
 
 METRIC_KEYS = {
@@ -136,3 +139,35 @@ def test_transductive_protocol_is_recorded(cli, tmp_path):
     metrics = json.loads((folder / "metrics.json").read_text())
     # all 2000 target reviews, less the 20 whose labels the few-shot phase trained on
     assert metrics["protocol"] == "transductive" and metrics["target_test_size"] == 1980
+
+
+STRATEGIES = sorted(group_options("strategy", [CONFIG_DIR]))
+
+
+@pytest.mark.parametrize("domains", [["source=[books,dvd]", "target=kitchen", *SMALL],
+                                     ["experiment=demo", *SMALL, "data.max_source_train=64"]], ids=["real", "demo"])
+def test_every_strategy_runs_from_the_cli(cli, tmp_path, domains):
+    """One multirun over the whole suite, with the strategies' own defaults: on two real sources, and on the demo."""
+    out = cli("run", "-m", f"strategy={','.join(STRATEGIES)}", *domains)
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = {m["strategy"]: m for m in (json.loads(p.read_text()) for p in tmp_path.rglob("metrics.json"))}
+    assert sorted(metrics) == STRATEGIES
+    for name, m in metrics.items():
+        assert m["status"] == "completed" and 0 <= m["target_test_accuracy"] <= 1, name
+        expected = {"none": 0}.get(strategy_class(name).target_labels)
+        assert (m["target_labels_used"] == 0) == (expected == 0), name
+    if domains[0].startswith("source="):
+        assert {m["source"] for m in metrics.values()} == {"books+dvd"}
+    assert metrics["lora"]["peft"] == "lora" and metrics["dann"]["peft"] == "none"
+    assert metrics["lora"]["trainable_parameters"] < metrics["source_only"]["trainable_parameters"] / 10
+    assert metrics["feature_extraction"]["trainable_parameters"] < 1000
+
+
+def test_adaptation_losses_combine_with_lora(cli, tmp_path):
+    out = cli("run", "strategy=dann", "peft=lora", "peft.options.r=4", "source=books", "target=dvd", *SMALL)
+    assert out.returncode == 0, out.stderr
+    (folder,) = run_folders(tmp_path / "outputs")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["strategy"] == "dann" and metrics["peft"] == "lora"
+    rows = list(csv.DictReader((folder / "history.csv").open()))
+    assert "domain_loss" in rows[0]
