@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from transfer_cli.config import DataConfig, DomainConfig, Protocol, RunConfig
 from transfer_cli.data import build_data
@@ -109,3 +110,13 @@ def test_length_grouped_batches_cover_everything_with_little_padding():
     assert batch["input_ids"].shape[1] == int(batch["attention_mask"].sum(1).max())
     evaluated = [i for b in eval_loader(data, 64, pad_id=0) for i in b["index"].tolist()]
     assert sorted(evaluated) == list(range(1000))
+
+
+def test_evaluation_does_not_move_the_training_rng():
+    data = TokenizedSet([np.arange(1, 5 + i % 7) for i in range(20)], np.arange(20) % 2)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    for _ in eval_loader(data, 8, pad_id=0):
+        pass
+    assert torch.equal(torch.rand(3), expected)

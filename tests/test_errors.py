@@ -102,3 +102,16 @@ def test_invalid_values(cli, tmp_path, override, fragments):
         pytest.skip("this machine has a GPU")
     args = [*SMALL, override] if override != "data.max_length=100000" else [*SMALL[:1], *SMALL[2:], override]
     assert_clean_error(cli("run", "strategy=dann", *args), tmp_path, *fragments)
+
+
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [(["strategy=lora", "peft=none"], ["strategy=lora needs LoRA adapters", "peft=lora"]),
+     (["strategy=distill", "strategy.teacher=bert-large-uncased"], ["bert-large-uncased", "model=minilm"]),
+     (["model.freeze_layers=5"], ["model.freeze_layers=5", "2 layers"]),
+     (["peft=lora", "+peft.options.rank=4"], ["peft=lora", "rank", "peft.options"]),
+     (["strategy=self_training", "strategy.threshold=1.5"], ["strategy.threshold=1.5", "[0, 1)"]),
+     (["strategy=feature_extraction", "strategy.head=deep"], ["strategy.head=deep", "linear or mlp"])],
+)
+def test_invalid_suite_options(cli, tmp_path, overrides, fragments):
+    assert_clean_error(cli("run", *SMALL, *overrides), tmp_path, *fragments)

@@ -143,7 +143,8 @@ def test_feature_extraction_caches_encodings_and_trains_only_the_head(tokenizer,
 
     second.model.backbone.forward = no_backbone
     _, again, _ = fit(second, tokenizer, ctx, cfg, tmp_path)
-    assert again.final["target_test_accuracy"] == result.final["target_test_accuracy"]
+    loss = lambda r: [row["train_loss"] for row in r.history]  # noqa: E731
+    assert loss(again) == loss(result)  # a warm cache changes nothing, not even the dropout masks
     assert sorted((ctx.cache_dir / "features").glob("*.npy")) == files
 
     other_weights = build_strategy({"name": "feature_extraction"}, tiny(tokenizer, seed=1))

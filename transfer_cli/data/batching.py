@@ -85,4 +85,6 @@ def eval_loader(data: TokenizedSet, batch_size: int, pad_id: int) -> DataLoader:
     """Batches sorted by length (longest first, so a memory problem shows at once)."""
     order = np.argsort(-data.lengths, kind="stable")
     batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-    return DataLoader(range(len(data)), batch_sampler=batches, collate_fn=Collate(data, pad_id))
+    # its own generator: iterating a DataLoader draws a seed, which must not shift the training RNG (dropout)
+    return DataLoader(range(len(data)), batch_sampler=batches, collate_fn=Collate(data, pad_id),
+                      generator=torch.Generator())

@@ -6,6 +6,11 @@ import torch
 from torch import nn
 
 
+def full_precision(x: torch.Tensor):
+    """Small differences of second moments vanish in bf16: compute these statistics in fp32, even under autocast."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 class MultiKernelMMD(nn.Module):
     """Multi-kernel maximum mean discrepancy (DAN: Long et al., "Learning Transferable Features with Deep Adaptation
     Networks", ICML 2015).
@@ -20,7 +25,11 @@ class MultiKernelMMD(nn.Module):
         self.kernels, self.multiplier = kernels, multiplier
 
     def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([source, target]).float()
+        with full_precision(source):
+            return self._mmd(source.float(), target.float())
+
+    def _mmd(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([source, target])
         distances = torch.cdist(x, x).pow(2)
         n = len(x)
         base = distances.detach().sum() / max(n * n - n, 1)
@@ -43,4 +52,5 @@ class CoralLoss(nn.Module):
 
     def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         d = source.size(1)
-        return (covariance(source.float()) - covariance(target.float())).pow(2).sum() / (4 * d * d)
+        with full_precision(source):
+            return (covariance(source.float()) - covariance(target.float())).pow(2).sum() / (4 * d * d)
