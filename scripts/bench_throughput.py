@@ -146,7 +146,6 @@ def run_trainer(args, tuned: bool) -> dict:
 
 
 def run_bare_loop(args) -> dict:
-    import numpy as np
     import torch
     import torch.nn.functional as F
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from transfer_cli.config import DataConfig, DomainConfig, Protocol, RunConfig

@@ -110,6 +110,7 @@ def test_invalid_values(cli, tmp_path, override, fragments):
      (["strategy=distill", "strategy.teacher=bert-large-uncased"], ["bert-large-uncased", "model=minilm"]),
      (["model.freeze_layers=5"], ["model.freeze_layers=5", "2 layers"]),
      (["peft=lora", "+peft.options.rank=4"], ["peft=lora", "rank", "peft.options"]),
+     (["peft=ia3", "peft.options.fan_in_fan_out=true"], ["write +peft.options.fan_in_fan_out=VALUE"]),
      (["strategy=self_training", "strategy.threshold=1.5"], ["strategy.threshold=1.5", "[0, 1)"]),
      (["strategy=feature_extraction", "strategy.head=deep"], ["strategy.head=deep", "linear or mlp"])],
 )

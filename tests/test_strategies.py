@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,12 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from transfer_cli.config import (DataConfig, ModelConfig, PathsConfig, PeftConfig, PeftMethod, RunConfig,
-                                 TrainConfig)
+from transfer_cli.config import ModelConfig, PathsConfig, PeftConfig, PeftMethod, RunConfig, TrainConfig
 from transfer_cli.data import build_data
 from transfer_cli.data.batching import LengthGroupedSampler
-from transfer_cli.losses import (CoralLoss, DistillationLoss, MaskedLMHead, MultiKernelMMD, MultilinearMap,
-                                 entropy_weights, mask_tokens)
+from transfer_cli.losses import (CoralLoss, DistillationLoss, MultiKernelMMD, MultilinearMap, entropy_weights,
+                                 mask_tokens)
 from transfer_cli.models import build_model
 from transfer_cli.strategies import build_strategy
 from transfer_cli.strategies.self_training import select_pseudo_labels

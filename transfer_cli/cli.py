@@ -23,6 +23,8 @@ commands:
   run [overrides]   train and evaluate one run, e.g. `transfer run strategy=dann target=movies`;
                     a sweep with -m; Hydra's flags work: --cfg job, --info, -c, --help
   list              the options of every config group, with their descriptions
+  report PATH...    aggregate run and multirun folders: mean ± std over seeds, deltas against source_only
+                    and the oracle, negative transfer, failed runs; writes report.md, report.csv, runs.csv
 
 options:
   -h, --help        show this help
@@ -67,6 +69,10 @@ def known_keys(key: str) -> str:
     node, parent = RunConfig, key.split(".")[:-1]
     for part in parent:
         node = typing.get_type_hints(node).get(part) if is_dataclass(node) else None
+    if parent == ["strategy"]:
+        return "`transfer run strategy=NAME --cfg job` shows a strategy's parameters"
+    if typing.get_origin(node) is dict:  # free-form, such as peft.options: a new key needs a '+'
+        return f"to add it, write +{key}=VALUE; `transfer run --cfg job` shows every key"
     if not is_dataclass(node):
         return "`transfer run --cfg job` shows every key"
     return f"{'.'.join(parent) or 'the config'} has: {', '.join(f.name for f in fields(node))}"
@@ -194,8 +200,12 @@ def dispatch(argv: List[str]) -> None:
         run(argv)
     elif command == "list":
         list_options(rest)
+    elif command == "report":
+        from .report import main as report
+
+        report_errors(lambda: report(rest))
     else:
-        print(f"transfer: error: unknown command '{command}'; choose one of: run, list (see `transfer --help`)", file=sys.stderr)
+        print(f"transfer: error: unknown command '{command}'; choose one of: run, list, report (see `transfer --help`)", file=sys.stderr)
         sys.exit(TransferError.exit_code)
 
 

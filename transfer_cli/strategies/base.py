@@ -120,8 +120,9 @@ class Strategy(nn.Module):
 
     def task_loss(self, batch: dict, model: Optional[TransferModel] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy on a labelled batch, and the pooled features it came from."""
-        features = (model or self.model).features(**batch)
-        return F.cross_entropy((model or self.model).head(features).float(), batch["labels"]), features
+        model = model or self.model
+        features = model.features(**batch)
+        return F.cross_entropy(model.head(features).float(), batch["labels"]), features
 
     def forward(self, labelled: dict, unlabelled: Optional[dict], progress: float) -> Tuple[torch.Tensor, Logs]:
         """The loss of one step; `progress` runs from 0 to 1 over the phase (for schedules such as DANN's λ)."""

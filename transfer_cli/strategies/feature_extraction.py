@@ -29,9 +29,8 @@ log = logging.getLogger(__name__)
 class FeatureTable:
     """Looks up the cached features of each row of a batch by its token ids (padding stripped)."""
 
-    def __init__(self, dim: int):
+    def __init__(self):
         self.rows: Dict[bytes, torch.Tensor] = {}
-        self.dim = dim
 
     def add(self, data: TokenizedSet, features: torch.Tensor) -> None:
         for ids, row in zip(data.ids, features):
@@ -59,7 +58,7 @@ class FeatureExtraction(Strategy):
         head: str = "linear"  # linear (a probe) | mlp (one hidden layer)
         hidden: int = 256  # MLP width
         epochs: int = 10  # cheap: the backbone does not run
-        lr: float = 1.0e-3
+        lr: float = 1.0e-2  # a probe on frozen features needs a larger step than fine-tuning
 
         def __post_init__(self):
             check(self.head in ("linear", "mlp"), f"strategy.head={self.head} must be linear or mlp")
@@ -76,7 +75,7 @@ class FeatureExtraction(Strategy):
         set_trainable(model.backbone, False)
 
     def phases(self, data, ctx: Context) -> Iterable[Phase]:
-        table = FeatureTable(self.model.feature_dim)
+        table = FeatureTable()
         prefix = hashlib.sha256(
             f"{weights_fingerprint(self.model.backbone)}|{self.model.pooling}|{ctx.accelerator.device.type}|"
             f"{ctx.accelerator.mixed_precision}".encode()

@@ -1,0 +1,62 @@
+"""`transfer report`: aggregation over seeds, deltas, the negative-transfer flag, failed and running runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from .test_errors import assert_clean_error
+
+
+def fake_run(root: Path, name: str, status: str = "completed", error: str = "", **metrics) -> Path:
+    folder = root / name
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "status.json").write_text(json.dumps({"status": status, **({"error": error} if error else {})}))
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- strategy={metrics.get('strategy', 'dann')}\n- seed={metrics.get('seed', 0)}\n")
+    if status == "completed":
+        full = {"strategy": "dann", "peft": "none", "model": "minilm", "source": "books", "target": "dvd",
+                "protocol": "inductive", "seed": 0, "oracle": False, "target_test_accuracy": 0.5, **metrics}
+        (folder / "metrics.json").write_text(json.dumps(full))
+    return folder
+
+
+def test_report_aggregates_a_partial_sweep(cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    fake_run(sweep, "0", strategy="source_only", seed=0, target_test_accuracy=0.80)
+    fake_run(sweep, "1", strategy="source_only", seed=1, target_test_accuracy=0.82)
+    fake_run(sweep, "2", strategy="dann", seed=0, target_test_accuracy=0.70)
+    fake_run(sweep, "3", strategy="dann", seed=1, target_test_accuracy=0.80)
+    fake_run(sweep, "4", strategy="dann", seed=0, target_test_accuracy=0.78)  # a rerun of seed 0: the latest counts
+    fake_run(sweep, "5", strategy="target_oracle", seed=0, oracle=True, target_test_accuracy=0.90)
+    fake_run(sweep, "6", strategy="mmd", seed=0, target="kitchen", target_test_accuracy=0.86)
+    fake_run(sweep, "7", status="failed", error="TransferError: the data ran away")
+    fake_run(sweep, "8", status="running")
+
+    out = cli("report", str(sweep), "--out", str(tmp_path / "report"))
+    assert out.returncode == 0, out.stderr
+    assert "negative transfer" in out.stdout and "the data ran away" in out.stdout
+
+    rows = {(r["strategy"], r["target"]): r for r in csv.DictReader((tmp_path / "report" / "report.csv").open())}
+    dann = rows[("dann", "dvd")]
+    assert dann["seeds"] == "2" and abs(float(dann["mean"]) - 0.79) < 1e-9 and abs(float(dann["std"]) - 0.0141421) < 1e-6
+    assert abs(float(dann["delta_vs_source_only"]) + 0.02) < 1e-9 and abs(float(dann["delta_vs_oracle"]) + 0.11) < 1e-9
+    assert dann["negative_transfer"] == "True"
+    assert rows[("target_oracle", "dvd")]["negative_transfer"] == "False"  # an oracle is never flagged
+    assert rows[("mmd", "kitchen")]["delta_vs_source_only"] == ""  # no source_only on that pair
+
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| dann | books→dvd | 2 | 0.790 ± 0.014 | -0.020 | -0.110 | negative transfer |" in md
+    assert "| target_oracle (ORACLE) |" in md
+    assert "## Failed or incomplete runs" in md and "running or interrupted" in md and "strategy=dann seed=0" in md
+    assert "| strategy | books→dvd | books→kitchen | average |" in md
+    runs = list(csv.DictReader((tmp_path / "report" / "runs.csv").open()))
+    assert len(runs) == 6  # completed, the rerun counted once
+
+
+def test_report_errors(cli, tmp_path):
+    assert_clean_error(cli("report", str(tmp_path / "nowhere")), tmp_path, "no such folder")
+    (tmp_path / "empty").mkdir()
+    assert_clean_error(cli("report", str(tmp_path / "empty")), tmp_path, "no runs under")
+    fake_run(tmp_path / "runs", "0")
+    assert_clean_error(cli("report", str(tmp_path / "runs"), "--metric", "speed"), tmp_path / "empty", "no run has the metric 'speed'")
