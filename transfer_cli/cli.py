@@ -23,6 +23,8 @@ commands:
   run [overrides]   train and evaluate one run, e.g. `transfer run strategy=dann target=movies`;
                     a sweep with -m; Hydra's flags work: --cfg job, --info, -c, --help
   list              the options of every config group, with their descriptions
+  data list         which domains have their data in the data root
+  data download X   fetch real data: amazon (the Blitzer archive), or a hub domain (movies, ...)
   report PATH...    aggregate run and multirun folders: mean ± std over seeds, deltas against source_only
                     and the oracle, negative transfer, failed runs; writes report.md, report.csv, runs.csv
 
@@ -200,12 +202,16 @@ def dispatch(argv: List[str]) -> None:
         run(argv)
     elif command == "list":
         list_options(rest)
+    elif command == "data":
+        from .data.download import main as data
+
+        report_errors(lambda: data(rest))
     elif command == "report":
         from .report import main as report
 
         report_errors(lambda: report(rest))
     else:
-        print(f"transfer: error: unknown command '{command}'; choose one of: run, list, report (see `transfer --help`)", file=sys.stderr)
+        print(f"transfer: error: unknown command '{command}'; choose one of: run, list, data, report (see `transfer --help`)", file=sys.stderr)
         sys.exit(TransferError.exit_code)
 
 

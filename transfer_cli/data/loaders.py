@@ -2,7 +2,8 @@
 
 - blitzer: the pseudo-XML `.review` files of Blitzer et al. (2007); not valid XML, so parsed with regexes.
 - files: csv, json, jsonl or parquet, with configurable columns and label mapping.
-- hub: any Hugging Face `datasets` id, preferring a local copy under the data root when the domain names one.
+- hub: any Hugging Face `datasets` id, preferring a local copy under the data root: the one the domain names, else
+  the one `transfer data download NAME` saved.
 - synthetic: the embedded offline demo (`transfer_cli.data.synthetic`).
 """
 
@@ -196,11 +197,17 @@ def _load_files(domain: Any, data_dir: Path):
 
 
 def _load_hub(domain: Any, data_dir: Path):
+    """A local copy first: the domain's own (`local`), then one saved by `transfer data download NAME`."""
+    from .download import hub_copy
+
     if domain.local is not None:
         local = _resolve(domain.local.path, data_dir)
         if local.exists():
             frame = read_table(local)
             return _columns(frame, domain.local.text_column, domain.local.label_column, str(local), domain)
+    saved = hub_copy(data_dir, domain.name)
+    if saved.exists():
+        return _columns(read_table(saved), domain.text_column, domain.label_column, str(saved), domain)
     try:
         import datasets
 
