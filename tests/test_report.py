@@ -18,6 +18,8 @@ def fake_run(root: Path, name: str, status: str = "completed", error: str = "", 
         full = {"strategy": "dann", "peft": "none", "model": "minilm", "source": "books", "target": "dvd",
                 "protocol": "inductive", "seed": 0, "oracle": False, "target_test_accuracy": 0.5, **metrics}
         (folder / "metrics.json").write_text(json.dumps(full))
+        (folder / "history.csv").write_text("phase,epoch,source_val_accuracy,target_test_accuracy\n"
+                                           f"train,1,0.7,0.6\ntrain,2,0.8,{full['target_test_accuracy']}\n")
     return folder
 
 
@@ -50,6 +52,8 @@ def test_report_aggregates_a_partial_sweep(cli, tmp_path):
     assert "| target_oracle (ORACLE) |" in md
     assert "## Failed or incomplete runs" in md and "running or interrupted" in md and "strategy=dann seed=0" in md
     assert "| strategy | books→dvd | books→kitchen | average |" in md
+    for figure in ("report_heatmap.png", "report_curves.png"):
+        assert (tmp_path / "report" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = list(csv.DictReader((tmp_path / "report" / "runs.csv").open()))
     assert len(runs) == 6  # completed, the rerun counted once
 

@@ -4,7 +4,7 @@ Every folder with a `status.json` under the given paths is a run. Completed runs
 by configuration (strategy, peft, model, source, target, protocol): mean ± std over seeds, deltas against
 `source_only` and `target_oracle` of the same pair, model and protocol, and a negative-transfer flag (worse than
 `source_only`). Failed, running and interrupted runs are listed apart, with their errors. The tables are printed,
-and written as CSV and Markdown beside the runs.
+and written as CSV and Markdown beside the runs, with two figures: a strategy × pair heatmap and learning curves.
 """
 
 from __future__ import annotations
@@ -139,6 +139,11 @@ def main(argv: List[str]) -> None:
                      (f"{args.metric}: strategy × pair", *pivot_rows(pivot(summary)))]
         write_atomic(out / "report.csv", summary.to_csv(index=False))
         write_atomic(out / "runs.csv", runs.to_csv(index=False))
+        from .plots import heatmap, learning_curves
+
+        heatmap(pivot(summary), args.metric, out / "report_heatmap.png")
+        runs = runs.merge(summary[[*CONFIG, "label"]], on=CONFIG, how="left")
+        learning_curves(runs, out / "report_curves.png")
     if not other.empty:
         sections.append(("Failed or incomplete runs", ["folder", "status", "error", "overrides"], other.astype(str).values.tolist()))
     intro = f"# Transfer report\n\nMetric: `{args.metric}`; {len(runs)} completed runs, {len(other)} others.\n"
