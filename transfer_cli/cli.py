@@ -25,6 +25,8 @@ commands:
   list              the options of every config group, with their descriptions
   data list         which domains have their data in the data root
   data download X   fetch real data: amazon (the Blitzer archive), or a hub domain (movies, ...)
+  analyze RUN...    proxy A-distance and t-SNE of source vs target features, before and after training
+                    (runs saved with train.save_model=true)
   report PATH...    aggregate run and multirun folders: mean ± std over seeds, deltas against source_only
                     and the oracle, negative transfer, failed runs; writes report.md, report.csv, runs.csv
 
@@ -206,12 +208,16 @@ def dispatch(argv: List[str]) -> None:
         from .data.download import main as data
 
         report_errors(lambda: data(rest))
+    elif command == "analyze":
+        from .analyze import main as analyze
+
+        report_errors(lambda: analyze(rest))
     elif command == "report":
         from .report import main as report
 
         report_errors(lambda: report(rest))
     else:
-        print(f"transfer: error: unknown command '{command}'; choose one of: run, list, data, report (see `transfer --help`)", file=sys.stderr)
+        print(f"transfer: error: unknown command '{command}'; choose one of: run, list, data, analyze, report (see `transfer --help`)", file=sys.stderr)
         sys.exit(TransferError.exit_code)
 
 
