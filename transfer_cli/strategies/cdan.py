@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import DomainDiscriminator, GradientReversal, MultilinearMap, dann_lambda, entropy_weights
-from .base import Strategy, check
+from .base import Strategy
+from .dann import DANN
 
 
 class CDAN(Strategy):
@@ -23,16 +24,8 @@ class CDAN(Strategy):
     adapts = True
 
     @dataclass
-    class Params:
-        weight: float = 1.0  # w
-        gamma: float = 10.0  # γ of the λ schedule
-        hidden: int = 256  # discriminator width
+    class Params(DANN.Params):  # w, γ and the discriminator width, as DANN
         entropy: bool = True  # ω = 1 + exp(-H) (CDAN+E); false: plain CDAN, ω = 1
-
-        def __post_init__(self):
-            check(self.weight >= 0, f"strategy.weight={self.weight} must be >= 0")
-            check(self.gamma > 0, f"strategy.gamma={self.gamma} must be > 0")
-            check(self.hidden >= 1, f"strategy.hidden={self.hidden} must be >= 1")
 
     def __init__(self, params, model):
         super().__init__(params, model)
