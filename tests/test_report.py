@@ -12,7 +12,8 @@ from .test_errors import assert_clean_error
 def fake_run(root: Path, name: str, status: str = "completed", error: str = "", **metrics) -> Path:
     folder = root / name
     (folder / ".hydra").mkdir(parents=True)
-    (folder / "status.json").write_text(json.dumps({"status": status, **({"error": error} if error else {})}))
+    extra = {"error": error} if error else {"finished": f"2026-11-25T10:00:0{name}"}
+    (folder / "status.json").write_text(json.dumps({"status": status, **extra}))
     (folder / ".hydra" / "overrides.yaml").write_text(f"- strategy={metrics.get('strategy', 'dann')}\n- seed={metrics.get('seed', 0)}\n")
     if status == "completed":
         full = {"strategy": "dann", "peft": "none", "model": "minilm", "source": "books", "target": "dvd",

@@ -41,7 +41,7 @@ def collect(paths: List[Path]) -> Tuple[pd.DataFrame, pd.DataFrame]:
             status = _read_json(status_file) or {"status": "unreadable"}
             metrics = _read_json(folder / "metrics.json")
             if status.get("status") == "completed" and metrics:
-                done.append({**metrics, "folder": str(folder)})
+                done.append({**metrics, "folder": str(folder), "finished": status.get("finished", "")})
             else:
                 overrides = folder / ".hydra" / "overrides.yaml"
                 other.append({
@@ -54,8 +54,8 @@ def collect(paths: List[Path]) -> Tuple[pd.DataFrame, pd.DataFrame]:
     runs = pd.DataFrame(done)
     if not runs.empty:
         runs["peft"] = runs["peft"].fillna("none") if "peft" in runs else "none"
-        # a configuration run again with the same seed counts once: its latest run (folders sort by time)
-        runs = runs.drop_duplicates("folder").sort_values("folder").drop_duplicates([*CONFIG, "seed"], keep="last")
+        # a configuration run again with the same seed counts once: its latest run
+        runs = runs.drop_duplicates("folder").sort_values(["finished", "folder"]).drop_duplicates([*CONFIG, "seed"], keep="last")
         runs["pair"] = runs["source"] + "→" + runs["target"]
     return runs, pd.DataFrame(other, columns=["folder", "status", "error", "overrides"])
 
