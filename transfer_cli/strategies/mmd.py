@@ -8,7 +8,7 @@ on the pooled features F, with Gaussian kernels of widths b·m^(i - n/2) around 
 
 from dataclasses import dataclass
 
-from ..losses import MultiKernelMMD
+from ..losses import MultiKernelMMD, dann_lambda
 from .base import Strategy, check
 
 
@@ -21,6 +21,7 @@ class MMD(Strategy):
         weight: float = 1.0  # w
         kernels: int = 5  # n
         multiplier: float = 2.0  # m, the ratio between neighbouring kernel widths
+        ramp: bool = False  # scale w by DANN's λ_p (0 -> 1 over training), so the classifier learns first
 
         def __post_init__(self):
             check(self.weight >= 0, f"strategy.weight={self.weight} must be >= 0")
@@ -34,4 +35,5 @@ class MMD(Strategy):
     def forward(self, labelled, unlabelled, progress):
         task, source_features = self.task_loss(labelled)
         discrepancy = self.mmd(source_features, self.model.features(**unlabelled))
-        return task + self.params.weight * discrepancy, {"task_loss": task.item(), "mmd": discrepancy.item()}
+        weight = self.params.weight * (dann_lambda(progress) if self.params.ramp else 1.0)
+        return task + weight * discrepancy, {"task_loss": task.item(), "mmd": discrepancy.item()}
