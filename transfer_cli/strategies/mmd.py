@@ -18,7 +18,7 @@ class MMD(Strategy):
 
     @dataclass
     class Params:
-        weight: float = 1.0  # w
+        weight: float = 0.1  # w; 1.0 collapsed the pooled features of MiniLM on books->dvd
         kernels: int = 5  # n
         multiplier: float = 2.0  # m, the ratio between neighbouring kernel widths
         ramp: bool = False  # scale w by DANN's λ_p (0 -> 1 over training), so the classifier learns first
