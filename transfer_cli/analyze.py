@@ -41,7 +41,7 @@ def proxy_a_distance(source: np.ndarray, target: np.ndarray, seed: int = 0) -> f
     return 2.0 * (1.0 - 2.0 * error)
 
 
-def tsne_plot(features: Dict[str, np.ndarray], labels: Dict[str, np.ndarray], n_source: int, title: str, path: Path) -> None:
+def tsne_plot(features: Dict[str, np.ndarray], labels: np.ndarray, n_source: int, title: str, path: Path) -> None:
     from sklearn.manifold import TSNE
 
     from .plots import _pyplot
@@ -52,7 +52,7 @@ def tsne_plot(features: Dict[str, np.ndarray], labels: Dict[str, np.ndarray], n_
         points = TSNE(n_components=2, init="pca", perplexity=min(30, len(x) // 4), random_state=0).fit_transform(x)
         for domain, part, colour in (("source", slice(0, n_source), "tab:blue"), ("target", slice(n_source, None), "tab:orange")):
             for cls, marker in ((0, "o"), (1, "^")):
-                chosen = points[part][labels[stage][part] == cls]
+                chosen = points[part][labels[part] == cls]
                 ax.scatter(chosen[:, 0], chosen[:, 1], s=8, c=colour, marker=marker, alpha=0.6, label=f"{domain}, class {cls}")
         ax.set_title(stage, fontsize=10)
         ax.set_xticks([])
@@ -96,15 +96,14 @@ def analyze(run: Path, max_examples: int, tsne: bool) -> Dict[str, float]:
     splits = {"source": data.source_val, "target": data.target_test}
     subsets = {name: TokenizedSet([split.ids[i] for i in picks[name]], split.labels[picks[name]]) for name, split in splits.items()}
 
-    result, features, labels = {}, {}, {}
+    result, features = {}, {}
     for stage, model in (("before", before), ("after", after)):
         model.to(accelerator.device).eval()
         encoded = {name: infer(model.encode, subset, cfg.train.eval_batch_size, tokenizer.pad_token_id, accelerator).numpy()
                    for name, subset in subsets.items()}
         result[f"pad_{stage}"] = proxy_a_distance(encoded["source"], encoded["target"], cfg.seed)
         features[f"{stage} training: PAD {result[f'pad_{stage}']:.3f}"] = np.vstack([encoded["source"], encoded["target"]])
-    for stage in features:
-        labels[stage] = np.concatenate([subsets["source"].labels, subsets["target"].labels])
+    labels = np.concatenate([subsets["source"].labels, subsets["target"].labels])
     metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
     summary = {
         **result, "pad_change": result["pad_after"] - result["pad_before"],

@@ -229,6 +229,19 @@ def group_options(group: str, dirs: List[Path]) -> Dict[str, Path]:
     return dict(sorted(options.items()))
 
 
+def load_option(path: Path, schema: type) -> Any:
+    """One option's YAML file, checked against its schema dataclass (outside a Hydra composition)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .errors import TransferError
+
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), yaml.safe_load(path.read_text()) or {}))
+    except (OmegaConfBaseException, yaml.YAMLError) as e:
+        raise TransferError(f"config {path} is invalid: {str(e).splitlines()[0]}") from None
+
+
 def describe(path: Path) -> str:
     """The one-line `description:` of a config file."""
     try:

@@ -167,16 +167,9 @@ def presence(domain, data_dir: Path) -> tuple:
 
 
 def domains(config_dirs: List[Path]) -> Dict[str, object]:
-    import yaml
-    from omegaconf import OmegaConf
+    from ..config import DomainConfig, group_options, load_option
 
-    from ..config import DomainConfig, group_options
-
-    out = {}
-    for name, path in group_options("source", config_dirs).items():
-        node = OmegaConf.merge(OmegaConf.structured(DomainConfig), yaml.safe_load(path.read_text()) or {})
-        out[name] = OmegaConf.to_object(node)
-    return out
+    return {name: load_option(path, DomainConfig) for name, path in group_options("source", config_dirs).items()}
 
 
 def main(argv: List[str]) -> None:

@@ -8,12 +8,9 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import torch
-import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from ..config import ModelConfig, PeftConfig, PeftMethod, Pooling, group_options, run_config_dirs
+from ..config import ModelConfig, PeftConfig, PeftMethod, Pooling, group_options, load_option, run_config_dirs
 from ..errors import TransferError
 
 OFFLINE_HINT = "if you are offline, use model=minilm (packaged, works offline) or set model.name_or_path to a local folder"
@@ -36,10 +33,7 @@ def model_config(name: str, dirs: Optional[List[Path]] = None) -> ModelConfig:
     options = group_options("model", dirs or run_config_dirs())
     if name not in options:
         return ModelConfig(name=name, name_or_path=name)
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), yaml.safe_load(options[name].read_text())))
-    except (OmegaConfBaseException, yaml.YAMLError) as e:
-        raise TransferError(f"model config {options[name]} is invalid: {str(e).splitlines()[0]}") from None
+    return load_option(options[name], ModelConfig)
 
 
 def _load(what: str, loader, path: str, model: Any):
