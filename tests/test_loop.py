@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from transfer_cli.config import Device, HardwareConfig, Precision, RunConfig, TrainConfig
+from transfer_cli.config import Device, HardwareConfig, Precision, RunConfig, Selection, TrainConfig
 from transfer_cli.data.batching import TokenizedSet
 from transfer_cli.hardware import setup
 from transfer_cli.strategies import Phase, Strategy
@@ -39,22 +39,22 @@ class FakeData:  # evaluation is scripted, so the sets are never read
     source_val = target_test = None
 
 
-def fit(model, scores, epochs, n=40, **train):
-    """Run the loop with scripted source-validation accuracies; return the result and the weights at each epoch."""
-    cfg = RunConfig(train=TrainConfig(batch_size=8, lr=1e-3, **train))
+def fit(model, scores, epochs, n=40, selection="source_val", extra=(), **train):
+    """Run the loop with scripted source-validation accuracies (and `extra` columns per epoch); return the result
+    and the weights at each epoch."""
+    cfg = RunConfig(train=TrainConfig(batch_size=8, lr=1e-3, **train), selection=Selection(selection))
     accelerator, _, _ = setup(HardwareConfig(name="cpu", device=Device.cpu, precision=Precision.fp32), 0)
-    snapshots, script = [], iter(scores)
+    snapshots, script, extra = [], iter(scores), iter(extra)
 
-    def scripted(row, prefix, model_, *_):
-        if prefix == "source_val":
-            snapshots.append({k: v.clone() for k, v in model_.state_dict().items()})
-        row.update({f"{prefix}_accuracy": next(script) if prefix == "source_val" else 0.0, f"{prefix}_f1_macro": 0.0})
+    def scripted(model_, *_):
+        snapshots.append({k: v.clone() for k, v in model_.state_dict().items()})
+        return {"source_val_accuracy": next(script), "target_test_accuracy": 0.0, **next(extra, {})}
 
-    original, loop._evaluate_into = loop._evaluate_into, scripted
+    original, loop._score_epoch = loop._score_epoch, scripted
     try:
         result = loop.fit(OnePhase(model, labelled(n), epochs), FakeData(), cfg, accelerator, SimpleNamespace(pad_token_id=0))
     finally:
-        loop._evaluate_into = original
+        loop._score_epoch = original
     return result, snapshots, model
 
 

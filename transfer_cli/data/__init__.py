@@ -36,6 +36,7 @@ class RunData:
     num_labels: int = 2
     source_domain: Optional[np.ndarray] = None  # index into source_names, per source_train example
     source_names: List[str] = field(default_factory=list)
+    target_validation: Optional[TokenizedSet] = None  # a fixed subset of the pool, for the label-free validators
 
     def labelled_target(self, k: Optional[int], seed: int) -> TokenizedSet:
         """k class-balanced labelled examples from the target pool (all of it when k is None). Counted."""
@@ -104,6 +105,7 @@ def build_data(cfg, tokenizer, data_dir: Path, cache_dir: Path) -> RunData:
     else:
         pool, test = _split(ex, d.target_test_fraction, cfg.seed)
         pool, test = _limit(pool, d.max_target_pool), _limit(test, d.max_target_test)
+    validation = np.sort(np.random.default_rng(cfg.seed).permutation(len(pool))[: d.max_target_validation])
     return RunData(
         source_train=TokenizedSet(train_ids, np.concatenate(train_labels)),
         source_val=TokenizedSet(val_ids, np.concatenate(val_labels)),
@@ -114,4 +116,5 @@ def build_data(cfg, tokenizer, data_dir: Path, cache_dir: Path) -> RunData:
         num_labels=len(target.labels),
         source_domain=np.concatenate(train_domain),
         source_names=[domain.name for domain in cfg.source.values()],
+        target_validation=TokenizedSet([ids[pool[i]] for i in validation]),
     )

@@ -42,8 +42,8 @@ class Phase:
     """One stage of training.
 
     `train` is the set the epoch runs over (labelled, except in self-supervised phases such as MLM).
-    `selection` picks the phase's checkpoint: source_val (label-free w.r.t. the target), target_val (oracle runs
-    only), or last (no held-out data, e.g. k-shot fine-tuning).
+    `selection` picks the phase's checkpoint: None for the run's label-free validator (`selection=...`, default
+    source-validation accuracy), target_val (oracle runs only), or last (no held-out data, e.g. k-shot fine-tuning).
     `model` is the model the phase evaluates (default: the strategy's model; a teacher, while it trains).
     `batch_by` gives each training example a group (its source domain): batches never mix groups."""
 
@@ -51,7 +51,7 @@ class Phase:
     train: TokenizedSet
     epochs: int
     unlabelled: Optional[TokenizedSet] = None
-    selection: str = "source_val"
+    selection: Optional[str] = None
     val: Optional[TokenizedSet] = None
     lr: Optional[float] = None
     model: Optional[TransferModel] = None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
+import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
@@ -22,10 +23,21 @@ def infer(fn: Callable[..., torch.Tensor], data: TokenizedSet, batch_size: int, 
     return torch.cat(outputs)[torch.cat(index).argsort()]
 
 
-def evaluate(model, data: TokenizedSet, batch_size: int, pad_id: int, accelerator) -> Dict[str, float]:
+def predict(model, data: TokenizedSet, batch_size: int, pad_id: int, accelerator) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The pooled features and the logits of every example, from one forward pass."""
     model.eval()
-    pred = infer(model, data, batch_size, pad_id, accelerator).argmax(-1).numpy()
+
+    def features_and_logits(input_ids, attention_mask):
+        features = model.features(input_ids, attention_mask)
+        return torch.cat([features, model.head(features).to(features.dtype)], -1)
+
+    both = infer(features_and_logits, data, batch_size, pad_id, accelerator)
+    return both[:, : model.feature_dim], both[:, model.feature_dim :]
+
+
+def classification_scores(logits: torch.Tensor, labels: np.ndarray) -> Dict[str, float]:
+    pred = logits.argmax(-1).numpy()
     return {
-        "accuracy": float(accuracy_score(data.labels, pred)),
-        "f1_macro": float(f1_score(data.labels, pred, average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(labels, pred)),
+        "f1_macro": float(f1_score(labels, pred, average="macro", zero_division=0)),
     }

@@ -1,5 +1,5 @@
-"""The one training loop, shared by every strategy: phases -> epochs -> steps, evaluation every epoch,
-checkpoint selection and early stopping on the phase's selection signal."""
+"""The one training loop, shared by every strategy: phases -> epochs -> steps, evaluation and the label-free
+validators every epoch, checkpoint selection and early stopping on the phase's selection signal."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from ..errors import TransferError
 from ..data.batching import TokenizedSet, train_loader
 from ..models import gradual_unfreeze
 from ..strategies import Context, Phase, Strategy
-from .evaluate import evaluate
+from . import validators
+from .evaluate import classification_scores, predict
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +81,37 @@ def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, tokenizer) -> 
     return result
 
 
-def _evaluate_into(row: dict, prefix: str, model, data: TokenizedSet, ctx: Context, result: FitResult) -> None:
+def _predict(model, data: TokenizedSet, ctx: Context, result: FitResult):
     start = time.perf_counter()
-    scores = evaluate(model, data, ctx.eval_batch_size, ctx.pad_id, ctx.accelerator)
+    features, logits = predict(model, data, ctx.eval_batch_size, ctx.pad_id, ctx.accelerator)
     result.eval_seconds += time.perf_counter() - start
     result.eval_samples += len(data)
-    row.update({f"{prefix}_{k}": v for k, v in scores.items()})
+    return features, logits
+
+
+def _score_epoch(model, data: RunData, phase: Phase, ctx: Context, result: FitResult) -> Dict[str, float]:
+    """Source-validation scores, the label-free validators, target-test scores (for analysis: they never select)
+    and, in oracle phases, target-validation scores."""
+    source_features, source_logits = _predict(model, data.source_val, ctx, result)
+    target_features, target_logits = _predict(model, data.target_validation, ctx, result)
+    _, test_logits = _predict(model, data.target_test, ctx, result)
+    row = {f"source_val_{k}": v for k, v in classification_scores(source_logits, data.source_val.labels).items()}
+    row.update({f"target_test_{k}": v for k, v in classification_scores(test_logits, data.target_test.labels).items()})
+    row.update(validators.validate(source_logits, source_features, data.source_val.labels, target_logits,
+                                   target_features, ctx.seed))
+    if phase.val is not None:
+        _, val_logits = _predict(model, phase.val, ctx, result)
+        row.update({f"target_val_{k}": v for k, v in classification_scores(val_logits, phase.val.labels).items()})
+    return row
+
+
+def _selection_score(criterion: str, row: Dict[str, float], epoch: int) -> float:
+    """Higher is better: a label-free validator, target-validation accuracy (oracle phases), or the epoch (last)."""
+    if criterion == "last":
+        return epoch
+    if criterion == "target_val":
+        return row["target_val_accuracy"]
+    return validators.score(criterion, row)
 
 
 def _fit_phase(strategy, step_fn, phase: Phase, number: int, data: RunData, ctx: Context, cfg, bar, result: FitResult):
@@ -136,19 +162,17 @@ def _fit_phase(strategy, step_fn, phase: Phase, number: int, data: RunData, ctx:
         strategy.eval()
         row = {"phase": phase.name, "epoch": epoch, "train_loss": sum(losses) / len(losses),
                "lr": scheduler.get_last_lr()[0], **{k: v / len(losses) for k, v in logs_sum.items()}}
-        _evaluate_into(row, "source_val", model, data.source_val, ctx, result)
-        _evaluate_into(row, "target_test", model, data.target_test, ctx, result)
-        if phase.val is not None:
-            _evaluate_into(row, "target_val", model, phase.val, ctx, result)
-        score = {"source_val": row["source_val_accuracy"], "target_val": row.get("target_val_accuracy"),
-                 "last": epoch}[phase.selection]
-        row.update(selection=phase.selection, selection_score=score)
+        row.update(_score_epoch(model, data, phase, ctx, result))
+        criterion = phase.selection or cfg.selection.value
+        score = _selection_score(criterion, row, epoch)
+        row.update(selection=criterion, selection_score=score)
         result.history.append(row)
         log.info(
-            "%s epoch %d/%d: loss %.4f, source val acc %.4f, target test acc %.4f",
+            "%s epoch %d/%d: loss %.4f, source val acc %.4f, target test acc %.4f, %s score %.4f",
             phase.name, epoch, phase.epochs, row["train_loss"], row["source_val_accuracy"], row["target_test_accuracy"],
+            criterion, score,
         )
-        if score > best_score:
+        if best_row is None or score > best_score:
             best_score, best_row, stale = score, row, 0
             if epoch < phase.epochs:  # the last epoch's weights are already in place
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in strategy.state_dict().items()}
@@ -157,7 +181,7 @@ def _fit_phase(strategy, step_fn, phase: Phase, number: int, data: RunData, ctx:
         else:
             stale += 1
             if stale >= train.patience:
-                log.info("%s: early stop after epoch %d (no gain in %s for %d epochs)", phase.name, epoch, phase.selection, stale)
+                log.info("%s: early stop after epoch %d (no gain in %s for %d epochs)", phase.name, epoch, criterion, stale)
                 break
     if best_state is not None:
         strategy.load_state_dict(best_state)
