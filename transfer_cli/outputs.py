@@ -47,6 +47,14 @@ def write_json(path: Path, data: Dict[str, Any]) -> None:
     write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def read_json(path: Path) -> Any:
+    """The JSON object in a file, or None where it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def write_history(path: Path, rows: List[Dict[str, Any]]) -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     buffer = io.StringIO()

@@ -3,31 +3,25 @@
 Every folder with a `status.json` under the given paths is a run. Completed runs (with `metrics.json`) are grouped
 by configuration (strategy, peft, model, source, target, protocol): mean ± std over seeds, deltas against
 `source_only` and `target_oracle` of the same pair, model and protocol, and a negative-transfer flag (worse than
-`source_only`). Failed, running and interrupted runs are listed apart, with their errors. The tables are printed,
-and written as CSV and Markdown beside the runs, with two figures: a strategy × pair heatmap and learning curves.
+`source_only`). The selection table compares the label-free validators: the target test accuracy of the epoch each
+one picks, against the oracle pick (the epoch best on the target test set). Failed, running and interrupted runs are
+listed apart, with their errors; skipped sweep jobs (source = target) are counted. The tables are printed, and
+written as CSV and Markdown beside the runs, with two figures: a strategy × pair heatmap and learning curves.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import pandas as pd
 
 from .errors import TransferError
-from .outputs import write_atomic
+from .outputs import read_json, write_atomic
 
 CONFIG = ["strategy", "peft", "model", "source", "target", "protocol"]
 BASELINE, ORACLE = "source_only", "target_oracle"
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def collect(paths: List[Path]) -> Tuple[pd.DataFrame, pd.DataFrame]:
@@ -38,8 +32,8 @@ def collect(paths: List[Path]) -> Tuple[pd.DataFrame, pd.DataFrame]:
             raise TransferError(f"no such folder: {root}")
         for status_file in sorted(root.rglob("status.json")):
             folder = status_file.parent
-            status = _read_json(status_file) or {"status": "unreadable"}
-            metrics = _read_json(folder / "metrics.json")
+            status = read_json(status_file) or {"status": "unreadable"}
+            metrics = read_json(folder / "metrics.json")
             if status.get("status") == "completed" and metrics:
                 done.append({**metrics, "folder": str(folder), "finished": status.get("finished", "")})
             else:
@@ -86,6 +80,40 @@ def _label(row) -> str:
     return f"{name} (ORACLE)" if row.oracle else name
 
 
+def selection_picks(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run: among the epochs of its last phase, the target test accuracy at the epoch each validator picks, and
+    at the oracle pick (the best target test accuracy: an analysis, never a selection)."""
+    from .training.validators import VALIDATORS
+
+    rows = []
+    for _, run in runs.iterrows():
+        file = Path(run.folder) / "history.csv"
+        if not file.exists():
+            continue
+        history = pd.read_csv(file)
+        last = history[history.phase == history.phase.iloc[-1]].reset_index(drop=True)
+        picks = {"epochs": len(last), "oracle_pick": last.target_test_accuracy.max()}
+        for name, (column, sign) in VALIDATORS.items():
+            if column in last and last[column].notna().all():
+                picks[name] = last.target_test_accuracy[(sign * last[column]).idxmax()]
+        rows.append({**{c: run[c] for c in [*CONFIG, "label", "pair", "seed"]}, **picks})
+    return pd.DataFrame(rows)
+
+
+def selection_rows(picks: pd.DataFrame) -> Tuple[List[str], List[List[str]]]:
+    """Per configuration and over all: mean accuracy at each validator's pick, and its gap to the oracle pick."""
+    from .training.validators import VALIDATORS
+
+    names = [n for n in VALIDATORS if n in picks]
+    table = picks.groupby(["label", "pair"])[["epochs", "oracle_pick", *names]].mean().reset_index()
+    overall = picks[["epochs", "oracle_pick", *names]].mean().to_frame().T.assign(label="all runs", pair="")
+    header = ["strategy", "pair", "epochs", "oracle pick", *names]
+    cell = lambda row, n: f"{row[n]:.3f} ({row[n] - row.oracle_pick:+.3f})"  # noqa: E731
+    rows = [[r.label, r.pair, f"{r.epochs:g}", f"{r.oracle_pick:.3f}", *(cell(r, n) for n in names)]
+            for _, r in pd.concat([table, overall]).iterrows()]
+    return header, rows
+
+
 def pivot(summary: pd.DataFrame) -> pd.DataFrame:
     """Strategy × pair of mean scores, with the average over pairs."""
     table = summary.pivot_table(index="label", columns="pair", values="mean", aggfunc="mean")
@@ -128,6 +156,7 @@ def main(argv: List[str]) -> None:
     args = parser.parse_args(argv)
 
     runs, other = collect(args.paths)
+    skipped, other = other[other.status == "skipped"], other[other.status != "skipped"]
     if runs.empty and other.empty:
         raise TransferError(f"no runs under {', '.join(map(str, args.paths))}; a run folder holds a status.json")
     out = args.out or args.paths[0]
@@ -144,15 +173,22 @@ def main(argv: List[str]) -> None:
         heatmap(pivot(summary), args.metric, out / "report_heatmap.png")
         runs = runs.merge(summary[[*CONFIG, "label"]], on=CONFIG, how="left")
         learning_curves(runs, out / "report_curves.png")
+        picks = selection_picks(runs)
+        if not picks.empty:
+            write_atomic(out / "selection.csv", picks.to_csv(index=False))
+            sections.append(("Label-free model selection: target test accuracy at each validator's pick in the last "
+                             "phase (gap to the oracle pick, the epoch best on the target test set)", *selection_rows(picks)))
     if not other.empty:
         sections.append(("Failed or incomplete runs", ["folder", "status", "error", "overrides"], other.astype(str).values.tolist()))
-    intro = f"# Transfer report\n\nMetric: `{args.metric}`; {len(runs)} completed runs, {len(other)} others.\n"
+    intro = (f"# Transfer report\n\nMetric: `{args.metric}`; {len(runs)} completed runs, {len(other)} others"
+             f"{f', {len(skipped)} skipped (source = target)' if len(skipped) else ''}.\n")
     write_atomic(out / "report.md", "\n".join([intro, *(f"## {t}\n\n{markdown(h, r)}" for t, h, r in sections)]))
 
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
+    console.print(intro.splitlines()[-1])
     for title, header, rows in sections:
         table = Table(title=title, title_justify="left")
         for i, column in enumerate(header):
