@@ -36,15 +36,20 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def cli(tmp_path, cache_dir, data_dir):
-    """Run `transfer ARGS...` in a subprocess, in a fresh folder, offline, on the real data."""
+def cli_env(cache_dir, data_dir) -> dict:
+    """The environment of a CLI subprocess: offline, on the real data, with an isolated cache."""
+    env = {**os.environ, "TRANSFER_DATA_DIR": str(data_dir), "TRANSFER_CACHE_DIR": str(cache_dir), "COLUMNS": "200"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+@pytest.fixture
+def cli(tmp_path, cli_env):
+    """Run `transfer ARGS...` in a subprocess, in a fresh folder."""
 
     def run(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-        full_env = {**os.environ, "TRANSFER_DATA_DIR": str(data_dir), "TRANSFER_CACHE_DIR": str(cache_dir),
-                    "COLUMNS": "200", **(env or {})}
-        full_env.pop("HYDRA_FULL_ERROR", None)
         return subprocess.run(
-            [*TRANSFER, *args], cwd=cwd or tmp_path, env=full_env,
+            [*TRANSFER, *args], cwd=cwd or tmp_path, env={**cli_env, **(env or {})},
             capture_output=True, text=True, timeout=600,
         )
 

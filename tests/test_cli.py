@@ -18,6 +18,7 @@ METRIC_KEYS = {
     "device", "precision", "source_train_size", "target_test_size", "target_test_accuracy", "target_test_f1_macro",
     "source_val_accuracy", "transfer_gap", "selection", "selected_epoch", "train_seconds", "total_seconds",
     "train_samples_per_second", "eval_samples_per_second", "trainable_parameters", "target_labels_used",
+    "selection_score", "label_free_score", "target_entropy", "target_snd", "dev_risk", "config_digest", "threads",
 }
 
 
@@ -95,6 +96,7 @@ def test_multirun_leaves_one_folder_per_job(cli, tmp_path):
     assert len(folders) == 2
     strategies = {json.loads((f / "metrics.json").read_text())["strategy"]: f for f in folders}
     assert set(strategies) == {"source_only", "target_oracle"}
+    assert strategies["source_only"].name.startswith("strategy=source_only,source=books,target=kitchen,model=tiny,")
     oracle = json.loads((strategies["target_oracle"] / "metrics.json").read_text())
     assert oracle["oracle"] is True and oracle["target_labels_used"] > 0 and oracle["selection"] == "target_val"
 

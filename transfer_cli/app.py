@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import time
 import traceback
@@ -10,15 +12,18 @@ from pathlib import Path
 from typing import Any, Dict
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .config import register_resolvers
 from .errors import TransferError
-from .outputs import SCHEMA_VERSION, environment, now, write_atomic, write_history, write_json, write_status
+from .outputs import SCHEMA_VERSION, environment, now, read_json, write_atomic, write_history, write_json, write_status
 
 log = logging.getLogger("transfer")
+register_resolvers()  # here too for parallel launchers: their worker processes import this module, not the CLI
 
 
 def validate(cfg: Any) -> None:
@@ -42,7 +47,7 @@ def validate(cfg: Any) -> None:
         (len(cfg.source) >= 1, "choose at least one source domain, e.g. source=books"),
         (len(cfg.target) == 1, f"choose exactly one target domain, e.g. target=movies (got {list(cfg.target)})"),
     ]
-    for key in ("max_source_train", "max_source_val", "max_target_pool", "max_target_test"):
+    for key in ("max_source_train", "max_source_val", "max_target_pool", "max_target_test", "max_target_validation"):
         value = getattr(d, key)
         checks.append((value is None or value >= 1, f"data.{key}={value} must be >= 1 (or null for all)"))
     for ok, message in checks:
@@ -67,14 +72,35 @@ def choices(cfg: DictConfig) -> Dict[str, str]:
 
 
 def run(cfg: DictConfig) -> float:
-    """One run; returns the target test accuracy. Failures leave status.json (with the error) and no metrics.json."""
-    folder = Path(HydraConfig.get().runtime.output_dir)
+    """One run; returns its label-free score (`label_free_score`, what a sweeper such as Optuna maximises; never a
+    target-label metric). Failures leave status.json (with the error) and no metrics.json.
+
+    In a sweep, a job whose folder holds a completed run of the same config is skipped (a rerun resumes the sweep),
+    and a job whose source is its target is skipped (sweeps over all pairs)."""
+    hydra = HydraConfig.get()
+    folder = Path(hydra.runtime.output_dir)
+    if hydra.mode == RunMode.RUN and hydra.sweeper.get("params"):
+        raise TransferError(f"experiment={hydra.runtime.choices.get('experiment')} defines a sweep; run it with -m")
+    digest = config_digest(cfg)
+    if hydra.mode == RunMode.MULTIRUN:
+        status, previous = read_json(folder / "status.json") or {}, read_json(folder / "metrics.json") or {}
+        if status.get("status") == "completed" and previous.get("config_digest") == digest:
+            log.info("skipped: completed before in %s (delete the folder to run it again)", folder)
+            return previous["label_free_score"]
+        if set(cfg.source) & set(cfg.target):
+            write_status(folder, "skipped", reason=f"source = target ({'+'.join(cfg.target)})")
+            log.info("skipped: the source is the target (%s)", "+".join(cfg.target))
+            return float("nan")
+    (folder / "metrics.json").unlink(missing_ok=True)  # a run of another config in this folder
     started = time.perf_counter()
     write_status(folder, "running", started=now())
     try:
-        metrics = _run(cfg, folder, started)
+        metrics = _run(cfg, folder, started, digest)
     except TransferError as e:
         write_status(folder, "failed", error=str(e), error_type="TransferError")
+        raise
+    except KeyboardInterrupt:
+        write_status(folder, "interrupted")
         raise
     except BaseException as e:
         write_status(folder, "failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
@@ -82,10 +108,27 @@ def run(cfg: DictConfig) -> float:
     write_json(folder / "metrics.json", metrics)
     write_status(folder, "completed", finished=now(), seconds=round(time.perf_counter() - started, 2))
     _print_table(metrics, folder)
-    return metrics["target_test_accuracy"]
+    return metrics["label_free_score"]
 
 
-def _run(cfg: DictConfig, folder: Path, started: float) -> Dict[str, Any]:
+def config_digest(cfg: DictConfig) -> str:
+    """What a run computes: the resolved config without its paths (where data, cache and outputs live)."""
+    content = OmegaConf.to_container(cfg, resolve=True)
+    content.pop("paths", None)
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def sharing_jobs() -> int:
+    """How many sweep jobs share this machine's cores at once: the joblib launcher's n_jobs, else 1."""
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return 1
+    from joblib import effective_n_jobs
+
+    return effective_n_jobs(launcher.get("n_jobs") or 1)
+
+
+def _run(cfg: DictConfig, folder: Path, started: float, digest: str) -> Dict[str, Any]:
     # heavy imports here, so that `--help`, `--cfg` and config errors answer at once
     import torch
 
@@ -94,13 +137,14 @@ def _run(cfg: DictConfig, folder: Path, started: float) -> Dict[str, Any]:
     from .models import build_model, load_backbone_config, load_tokenizer, max_positions
     from .strategies import strategy_params
     from .training.loop import fit
+    from .training.validators import VALIDATORS, score
 
     typed = OmegaConf.to_object(cfg)  # the schema's dataclasses, checked by Hydra at composition
     validate(typed)
     strategy_cls, params = strategy_params(OmegaConf.to_container(cfg.strategy))
     write_json(folder / "env.json", environment())
 
-    accelerator, device, precision = setup(typed.hardware, typed.seed)
+    accelerator, device, precision = setup(typed.hardware, typed.seed, sharing_jobs())
     tokenizer = load_tokenizer(typed.model)
     backbone_config = load_backbone_config(typed.model)
     limit = max_positions(backbone_config)
@@ -133,8 +177,10 @@ def _run(cfg: DictConfig, folder: Path, started: float) -> Dict[str, Any]:
         "target_labels": strategy_cls.target_labels,
         "target_labels_used": data.target_labels_used,
         "seed": typed.seed,
+        "config_digest": digest,
         "device": device,
         "precision": precision,
+        "threads": torch.get_num_threads(),
         **data.sizes(),
         "max_length": typed.data.max_length,
         "target_test_accuracy": final["target_test_accuracy"],
@@ -142,7 +188,10 @@ def _run(cfg: DictConfig, folder: Path, started: float) -> Dict[str, Any]:
         "source_val_accuracy": final["source_val_accuracy"],
         "source_val_f1_macro": final["source_val_f1_macro"],
         "transfer_gap": final["source_val_accuracy"] - final["target_test_accuracy"],
-        "selection": final["selection"],  # source_val (label-free), target_val (oracle) or last
+        "selection": final["selection"],  # a validator (label-free), target_val (oracle) or last
+        "selection_score": final["selection_score"],
+        "label_free_score": score(typed.selection.value, final),  # the run's validator, whatever selected
+        **{column: final[column] for column, _ in VALIDATORS.values()},
         "selected_phase": final["phase"],
         "selected_epoch": final["epoch"],
         "epochs_run": len(result.history),

@@ -28,13 +28,15 @@ commands:
   analyze RUN...    proxy A-distance and t-SNE of source vs target features, before and after training
                     (runs saved with train.save_model=true)
   report PATH...    aggregate run and multirun folders: mean ± std over seeds, deltas against source_only
-                    and the oracle, negative transfer, failed runs; writes report.md, report.csv, runs.csv
+                    and the oracle, negative transfer, label-free selection gaps, failed runs; writes
+                    report.md, report.csv, runs.csv, selection.csv and figures
 
 options:
   -h, --help        show this help
   --version         print the version
 
-Start offline with `transfer run experiment=demo`."""
+Start offline with `transfer run experiment=demo`; sweep the Blitzer pairs with
+`transfer run -m experiment=amazon12` (run it again to resume)."""
 
 # Hydra flags that take a value: their value is not an override.
 _VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--package", "-p",
@@ -188,6 +190,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except KeyboardInterrupt:  # Ctrl-C: the run's status.json already says what happened
+        if debugging():
+            raise
+        print("transfer: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def dispatch(argv: List[str]) -> None:

@@ -7,7 +7,9 @@ is one YAML file, and `source=books`, `source=[books,dvd]` and `target=movies` c
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -59,6 +61,15 @@ class Precision(str, Enum):
     bf16 = "bf16"
     fp16 = "fp16"
     fp32 = "fp32"
+
+
+class Selection(str, Enum):
+    """The label-free validators (transfer_cli/training/validators.py)."""
+
+    source_val = "source_val"
+    entropy = "entropy"
+    snd = "snd"
+    dev = "dev"
 
 
 class Protocol(str, Enum):
@@ -145,6 +156,7 @@ class DataConfig:
     max_source_val: Optional[int] = None
     max_target_pool: Optional[int] = None
     max_target_test: Optional[int] = None
+    max_target_validation: Optional[int] = 1000  # unlabelled target examples the validators score every epoch
 
 
 @dataclass
@@ -182,6 +194,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     protocol: Protocol = Protocol.inductive
+    selection: Selection = Selection.source_val  # the label-free validator that picks checkpoints
     seed: int = 0
     description: str = ""  # set by experiment presets
 
@@ -254,6 +267,35 @@ def describe(path: Path) -> str:
     if "description" not in data and isinstance(nested, dict):
         data = nested
     return str(data.get("description", "")).strip()
+
+
+FOLDER_KEYS = ("strategy", "source", "target", "seed", "model", "peft", "selection", "protocol", "hardware", "experiment")
+
+
+def job_folder(overrides: List[str], swept: Optional[Dict[str, Any]] = None) -> str:
+    """A sweep job's folder name, from the job's own overrides (`strategy=dann,source=books,target=dvd,seed=0`), so
+    that running a sweep again finds the jobs it completed. The keys users sweep most come first, then those of the
+    sweeper's `params`; characters unsafe in a file name become '_'; a name too long for a file system keeps its
+    start and ends in a hash of the whole."""
+    first = [*FOLDER_KEYS, *(swept or {})]
+
+    def rank(override: str):
+        key = override.split("=", 1)[0].lstrip("+~")
+        return (first.index(key) if key in first else len(first), key)
+
+    name = ",".join(sorted(overrides, key=rank))
+    safe = re.sub(r"[^\w=,.+\-\[\]]", "_", name) or "defaults"
+    if len(safe) > 150:
+        safe = f"{safe[:120]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return safe
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver(
+        "job_folder", lambda overrides, swept=None: job_folder(list(overrides), dict(swept or {})), replace=True
+    )
 
 
 def register_schema_and_domains(dirs: List[Path]) -> None:

@@ -47,15 +47,25 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 1 << 30)
 
 
-def setup(hardware: Any, seed: int) -> Tuple[Any, str, str]:
-    """An Accelerator for this run, with the resolved device and precision."""
+def threads_per_job(sharing_jobs: int) -> int:
+    """torch's default alone; the machine's cores split evenly among parallel jobs (their worker processes may
+    start with a thread limit of their own, so count the cores, not torch's default)."""
+    if sharing_jobs <= 1:
+        return DEFAULT_THREADS
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // sharing_jobs)
+
+
+def setup(hardware: Any, seed: int, sharing_jobs: int = 1) -> Tuple[Any, str, str]:
+    """An Accelerator for this run, with the resolved device and precision. `sharing_jobs` parallel jobs on this
+    machine split its cores (hardware.threads=0)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
 
     device = resolve_device(hardware.device.value)
     precision = resolve_precision(hardware.precision.value, device)
-    torch.set_num_threads(hardware.threads or DEFAULT_THREADS)
+    torch.set_num_threads(hardware.threads or threads_per_job(sharing_jobs))
     if device == "cpu":
         keep_freed_memory()
     # Sweep jobs share one process (Hydra's basic launcher); Accelerate's state is per process, so start afresh.
