@@ -44,6 +44,13 @@ def test_dev_weights_the_source_risk_towards_the_target():
     assert deep_embedded_validation(source, losses, shifted) == pytest.approx(0.933, abs=0.05)
 
 
+def test_too_few_examples_give_no_score():
+    one, two = torch.ones(1, 4), torch.ones(2, 4)
+    assert math.isnan(soft_neighbourhood_density(torch.tensor([[0.9, 0.1]])))
+    assert math.isnan(deep_embedded_validation(one, torch.ones(1), two))
+    assert math.isnan(deep_embedded_validation(two, torch.ones(2), one))
+
+
 def test_selection_picks_the_validators_best_epoch(tiny_model):
     from .test_loop import fit
 

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -23,7 +24,7 @@ from .errors import TransferError
 from .outputs import SCHEMA_VERSION, environment, now, read_json, write_atomic, write_history, write_json, write_status
 
 log = logging.getLogger("transfer")
-register_resolvers()  # here too for parallel launchers: their worker processes import this module, not the CLI
+register_resolvers()  # at import: the worker processes of parallel launchers import this module, not the CLI
 
 
 def validate(cfg: Any) -> None:
@@ -112,9 +113,11 @@ def run(cfg: DictConfig) -> float:
 
 
 def config_digest(cfg: DictConfig) -> str:
-    """What a run computes: the resolved config without its paths (where data, cache and outputs live)."""
+    """What a run computes: the resolved config without its paths (where data, cache and outputs live), and the
+    version of transfer."""
     content = OmegaConf.to_container(cfg, resolve=True)
     content.pop("paths", None)
+    content["transfer_version"] = __version__
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -123,9 +126,8 @@ def sharing_jobs() -> int:
     launcher = HydraConfig.get().launcher
     if "joblib" not in str(launcher.get("_target_", "")):
         return 1
-    from joblib import effective_n_jobs
-
-    return effective_n_jobs(launcher.get("n_jobs") or 1)
+    n_jobs = launcher.get("n_jobs") or 1
+    return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)  # joblib: -1 = all cores
 
 
 def _run(cfg: DictConfig, folder: Path, started: float, digest: str) -> Dict[str, Any]:

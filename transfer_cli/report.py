@@ -105,10 +105,12 @@ def selection_rows(picks: pd.DataFrame) -> Tuple[List[str], List[List[str]]]:
     from .training.validators import VALIDATORS
 
     names = [n for n in VALIDATORS if n in picks]
-    table = picks.groupby(["label", "pair"])[["epochs", "oracle_pick", *names]].mean().reset_index()
-    overall = picks[["epochs", "oracle_pick", *names]].mean().to_frame().T.assign(label="all runs", pair="")
+    gaps = picks.assign(**{f"{n}_gap": picks[n] - picks.oracle_pick for n in names})  # per run, then averaged
+    columns = ["epochs", "oracle_pick", *names, *(f"{n}_gap" for n in names)]
+    table = gaps.groupby(["label", "pair"])[columns].mean().reset_index()
+    overall = gaps[columns].mean().to_frame().T.assign(label="all runs", pair="")
     header = ["strategy", "pair", "epochs", "oracle pick", *names]
-    cell = lambda row, n: f"{row[n]:.3f} ({row[n] - row.oracle_pick:+.3f})"  # noqa: E731
+    cell = lambda row, n: "" if pd.isna(row[n]) else f"{row[n]:.3f} ({row[f'{n}_gap']:+.3f})"  # noqa: E731
     rows = [[r.label, r.pair, f"{r.epochs:g}", f"{r.oracle_pick:.3f}", *(cell(r, n) for n in names)]
             for _, r in pd.concat([table, overall]).iterrows()]
     return header, rows
@@ -158,7 +160,10 @@ def main(argv: List[str]) -> None:
     runs, other = collect(args.paths)
     skipped, other = other[other.status == "skipped"], other[other.status != "skipped"]
     if runs.empty and other.empty:
-        raise TransferError(f"no runs under {', '.join(map(str, args.paths))}; a run folder holds a status.json")
+        where = ", ".join(map(str, args.paths))
+        if len(skipped):
+            raise TransferError(f"only skipped jobs (source = target) under {where}; nothing to report")
+        raise TransferError(f"no runs under {where}; a run folder holds a status.json")
     out = args.out or args.paths[0]
     out.mkdir(parents=True, exist_ok=True)
     sections = []  # (title, header, rows)

@@ -47,6 +47,8 @@ def prediction_entropy(probabilities: torch.Tensor) -> float:
 
 
 def soft_neighbourhood_density(probabilities: torch.Tensor, temperature: float = 0.05, chunk: int = 1024) -> float:
+    if len(probabilities) < 2:
+        return float("nan")  # no neighbours
     normalised = F.normalize(probabilities.float(), dim=-1)
     entropies = []
     for start in range(0, len(normalised), chunk):  # n × chunk similarities at a time, not n × n
@@ -64,6 +66,8 @@ def deep_embedded_validation(source_features: torch.Tensor, source_losses: torch
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    if min(len(source_features), len(target_features)) < 2:
+        return float("nan")  # two folds need two examples of each domain
     x = torch.cat([source_features, target_features]).float().numpy()
     domain = np.r_[np.zeros(len(source_features)), np.ones(len(target_features))]
     p_target = np.empty(len(x))
