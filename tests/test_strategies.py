@@ -171,19 +171,18 @@ def test_gradual_unfreezing_opens_one_layer_per_epoch(tokenizer, ctx, tmp_path):
     cfg = small_run(tmp_path, epochs=3, gradual_unfreezing=True)
     cfg.train.patience = 5
     strategy = build_strategy({"name": "source_only"}, tiny(tokenizer))
-    epochs, original = [], loop._evaluate_into
+    epochs, original = [], loop._score_epoch
 
-    def record(row, prefix, model, *args):
-        if prefix == "source_val":
-            epochs.append(snapshot(strategy))
-        original(row, prefix, model, *args)
+    def record(*args):
+        epochs.append(snapshot(strategy))
+        return original(*args)
 
-    loop._evaluate_into = record
+    loop._score_epoch = record
     try:
         start = snapshot(strategy)
         fit(strategy, tokenizer, ctx, cfg, tmp_path)
     finally:
-        loop._evaluate_into = original
+        loop._score_epoch = original
     first, second, third = (changed(a, b) for a, b in zip([start, *epochs], epochs))
     assert first and all(k.startswith("model.head.") for k in first)
     assert {k for k in second if ".layer." in k} and all(".layer.1." in k or "head" in k for k in second)
