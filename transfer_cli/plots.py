@@ -37,10 +37,13 @@ def learning_curves(runs: pd.DataFrame, path: Path) -> None:
     """Per pair: source-validation (solid) and target-test (dashed) accuracy over epochs, one colour per strategy,
     averaged over seeds. Target-test curves are for analysis; no selection used them."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     pairs: List[str] = sorted(runs["pair"].unique())
     fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4.2), squeeze=False)
-    colours = plt.get_cmap("tab20")
     strategies = sorted(runs["label"].unique())
+    palette = "tab10" if len(strategies) <= 10 else "tab20"  # tab20 pairs similar shades: only when needed
+    colours = plt.get_cmap(palette)
     for ax, pair in zip(axes[0], pairs):
         for k, label in enumerate(strategies):
             histories = []
@@ -52,11 +55,12 @@ def learning_curves(runs: pd.DataFrame, path: Path) -> None:
             if not histories:
                 continue
             mean = pd.concat(histories).groupby("step")[["source_val_accuracy", "target_test_accuracy"]].mean()
-            colour = colours(k % 20)
+            colour = colours(k % colours.N)
             ax.plot(mean.index, mean["source_val_accuracy"], color=colour, label=label)
             ax.plot(mean.index, mean["target_test_accuracy"], color=colour, linestyle="--")
         ax.set_title(f"{pair}  (solid: source val, dashed: target test)", fontsize=9)
         ax.set_xlabel("epoch (all phases)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
