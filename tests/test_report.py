@@ -33,6 +33,10 @@ def test_report_aggregates_a_partial_sweep(cli, tmp_path):
     fake_run(sweep, "4", strategy="dann", seed=0, target_test_accuracy=0.78)  # a rerun of seed 0: the latest counts
     fake_run(sweep, "5", strategy="target_oracle", seed=0, oracle=True, target_test_accuracy=0.90)
     fake_run(sweep, "6", strategy="mmd", seed=0, target="kitchen", target_test_accuracy=0.86)
+    fake_run(sweep, "a", strategy="source_only", seed=0, target="electronics", target_test_accuracy=0.80)
+    fake_run(sweep, "b", strategy="source_only", seed=1, target="electronics", target_test_accuracy=0.82)
+    fake_run(sweep, "c", strategy="coral", seed=0, target="electronics", target_test_accuracy=0.80)
+    fake_run(sweep, "d", strategy="coral", seed=1, target="electronics", target_test_accuracy=0.81)
     fake_run(sweep, "7", status="failed", error="TransferError: the data ran away")
     fake_run(sweep, "8", status="running")
 
@@ -50,13 +54,15 @@ def test_report_aggregates_a_partial_sweep(cli, tmp_path):
 
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| dann | books→dvd | 2 | 0.790 ± 0.014 | -0.020 | -0.110 | negative transfer |" in md
+    # -0.005 is within one standard error of the difference, sqrt(0.0141²/2 + 0.0071²/2) = 0.011: said so
+    assert "| coral | books→electronics | 2 | 0.805 ± 0.007 | -0.005 |  | negative transfer (within 1 s.e.) |" in md
     assert "| target_oracle (ORACLE) |" in md
     assert "## Failed or incomplete runs" in md and "running or interrupted" in md and "strategy=dann seed=0" in md
-    assert "| strategy | books→dvd | books→kitchen | average |" in md
+    assert "| strategy | books→dvd | books→electronics | books→kitchen | average |" in md
     for figure in ("report_heatmap.png", "report_curves.png"):
         assert (tmp_path / "report" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = list(csv.DictReader((tmp_path / "report" / "runs.csv").open()))
-    assert len(runs) == 6  # completed, the rerun counted once
+    assert len(runs) == 10  # completed, the rerun counted once
 
 
 def test_report_errors(cli, tmp_path):

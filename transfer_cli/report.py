@@ -3,7 +3,8 @@
 Every folder with a `status.json` under the given paths is a run. Completed runs (with `metrics.json`) are grouped
 by configuration (strategy, peft, model, source, target, protocol): mean ± std over seeds, deltas against
 `source_only` and `target_oracle` of the same pair, model and protocol, and a negative-transfer flag (worse than
-`source_only`). The selection table compares the label-free validators: the target test accuracy of the epoch each
+`source_only`; "within 1 s.e." where the shortfall is no larger than the standard error of the difference over
+seeds). The selection table compares the label-free validators: the target test accuracy of the epoch each
 one picks, against the oracle pick (the epoch best on the target test set). Failed, running and interrupted runs are
 listed apart, with their errors; skipped sweep jobs (source = target) are counted. The tables are printed, and
 written as CSV and Markdown beside the runs, with two figures: a strategy × pair heatmap and learning curves.
@@ -65,11 +66,15 @@ def summarise(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     table["oracle"] = grouped["oracle"].any().values
     reference = [c for c in CONFIG if c not in ("strategy", "peft")]
     for name, column in ((BASELINE, "delta_vs_source_only"), (ORACLE, "delta_vs_oracle")):
-        base = table[(table.strategy == name) & (table.peft == "none")][[*reference, "mean"]]
-        table = table.merge(base.rename(columns={"mean": f"{name}_mean"}), on=reference, how="left")
-        table[column] = table["mean"] - table[f"{name}_mean"]
-        table = table.drop(columns=f"{name}_mean")
+        base = table[(table.strategy == name) & (table.peft == "none")][[*reference, "mean", "std", "seeds"]]
+        table = table.merge(base.add_prefix("base_").rename(columns={f"base_{c}": c for c in reference}),
+                            on=reference, how="left")
+        table[column] = table["mean"] - table["base_mean"]
+        if name == BASELINE:  # the standard error of that difference, from the seeds of both (0 with one seed each)
+            table["delta_se"] = (table["std"] ** 2 / table["seeds"] + table["base_std"] ** 2 / table["base_seeds"]) ** 0.5
+        table = table.drop(columns=["base_mean", "base_std", "base_seeds"])
     table["negative_transfer"] = (table["delta_vs_source_only"] < 0) & ~table["oracle"]
+    table["within_noise"] = table["negative_transfer"] & (-table["delta_vs_source_only"] <= table["delta_se"])
     table["pair"] = table["source"] + "→" + table["target"]
     table["label"] = table.apply(_label, axis=1)
     return table.sort_values(["pair", "mean"], ascending=[True, False]).reset_index(drop=True)
@@ -130,8 +135,14 @@ def summary_rows(summary: pd.DataFrame) -> Tuple[List[str], List[List[str]]]:
     signed = lambda v: "" if pd.isna(v) else f"{v:+.3f}"  # noqa: E731
     rows = [[r.label, r.pair, *(str(r[c]) for c in varying), str(r.seeds), f"{r['mean']:.3f} ± {r['std']:.3f}",
              signed(r.delta_vs_source_only), signed(r.delta_vs_oracle),
-             "negative transfer" if r.negative_transfer else ""] for _, r in summary.iterrows()]
+             _flag(r)] for _, r in summary.iterrows()]
     return header, rows
+
+
+def _flag(row) -> str:
+    if not row.negative_transfer:
+        return ""
+    return "negative transfer (within 1 s.e.)" if row.within_noise else "negative transfer"
 
 
 def constants(summary: pd.DataFrame) -> str:
@@ -199,6 +210,6 @@ def main(argv: List[str]) -> None:
         for i, column in enumerate(header):
             table.add_column(column, justify="left" if i < 2 else "right")
         for row in rows:
-            table.add_row(*row, style="red" if row[-1] == "negative transfer" else None)
+            table.add_row(*row, style={"negative transfer": "red", "negative transfer (within 1 s.e.)": "yellow"}.get(row[-1]))
         console.print(table)
     console.print(f"report: {out / 'report.md'}")
