@@ -75,6 +75,16 @@ def test_label_map_out_of_range(cli, tmp_path):
     assert_clean_error(cli("run", "-cd", "cfg", "target=mine", *SMALL), tmp_path, "label_map maps to [2]")
 
 
+@pytest.mark.parametrize("override", ["hydra/launcher=local", "hydra/launcher=slurm", "experiment=optuna",
+                                      "hydra/sweeper=optuna"])
+def test_sweep_plugin_not_installed(cli, tmp_path, override):
+    # a regular package named hydra_plugins, first on the path, hides the installed plugins' namespace package
+    (tmp_path / "no_plugins" / "hydra_plugins").mkdir(parents=True)
+    (tmp_path / "no_plugins" / "hydra_plugins" / "__init__.py").touch()
+    out = cli("run", "-m", override, *SMALL, env={"PYTHONPATH": str(tmp_path / "no_plugins")})
+    assert_clean_error(out, tmp_path, "needs a Hydra plugin that is not installed", 'pip install ".[sweeps]"')
+
+
 def test_unreachable_hub(cli, tmp_path):
     assert_clean_error(cli("run", "target=restaurants", *SMALL), tmp_path, "could not load 'fancyzhx/yelp_polarity'", "offline")
 

@@ -47,14 +47,34 @@ def debugging() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("TRANSFER_DEBUG") == "1"
 
 
+# The Hydra plugins of the `sweeps` extra, by the config they provide.
+SWEEP_PLUGINS = {"hydra/launcher/joblib", "hydra/launcher/submitit_local", "hydra/launcher/submitit_slurm",
+                 "hydra/sweeper/optuna"}
+
+
+def missing_plugin(config: str, chosen: Optional[str] = None) -> Optional[str]:
+    """The fix when `chosen` (a config such as hydra/launcher/local, or `config` itself) needs a plugin's config
+    that is not installed."""
+    if config not in SWEEP_PLUGINS:
+        return None
+    group, _, name = (chosen or config).rpartition("/")
+    return (f"{group}={name} needs a Hydra plugin that is not installed; install the sweep plugins with "
+            f'pip install ".[sweeps]" in the transfer checkout')
+
+
 def one_line(error: BaseException) -> str:
     """A Hydra/OmegaConf/transfer error as one line: its first line, and the first line of its cause."""
     from hydra.errors import MissingConfigException
 
     if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
         group, _, name = str(error.missing_cfg_file).rpartition("/")
-        return f"unknown {group or 'config'} '{name}'; choose one of: {', '.join(error.options)} (see `transfer list`)"
+        return missing_plugin(error.missing_cfg_file) or (
+            f"unknown {group or 'config'} '{name}'; choose one of: {', '.join(error.options)} (see `transfer list`)")
     first = lambda e: str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # noqa: E731
+    loading = re.match(r"In '([\w/]+)': Could not load '([\w/]+)'", first(error))  # e.g. local's joblib default
+    plugin = loading and missing_plugin(loading.group(2), loading.group(1))
+    if plugin:
+        return plugin
     unknown_key = re.match(r"Could not override '([\w.]+)'", first(error))
     if unknown_key:
         return f"unknown config key '{unknown_key.group(1)}'; {known_keys(unknown_key.group(1))}"
@@ -144,7 +164,8 @@ def check_choices(args: List[str], dirs) -> None:
         flat = [v for item in values for v in (item if isinstance(item, list) else [item])]
         for name in flat:
             if name is not None and str(name) not in options:
-                raise TransferError(f"unknown {group} '{name}'; choose one of: {', '.join(options)} (see `transfer list`)")
+                raise TransferError(missing_plugin(f"{group}/{name}") or
+                                    f"unknown {group} '{name}'; choose one of: {', '.join(options)} (see `transfer list`)")
 
 
 def run(args: List[str]) -> None:
