@@ -146,7 +146,8 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str) -> Dict[str
     strategy_cls, params = strategy_params(OmegaConf.to_container(cfg.strategy))
     write_json(folder / "env.json", environment())
 
-    accelerator, device, precision = setup(typed.hardware, typed.seed, sharing_jobs())
+    jobs = sharing_jobs()
+    accelerator, device, precision = setup(typed.hardware, typed.seed, jobs)
     tokenizer = load_tokenizer(typed.model)
     backbone_config = load_backbone_config(typed.model)
     limit = max_positions(backbone_config)
@@ -160,7 +161,7 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str) -> Dict[str
 
     model = build_model(typed.model, data.num_labels, len(tokenizer), backbone_config, typed.peft)
     strategy = strategy_cls(params, model)
-    result = fit(strategy, data, typed, accelerator, tokenizer)
+    result = fit(strategy, data, typed, accelerator, tokenizer, progress_bar=jobs == 1)  # parallel bars would garble
     if typed.train.save_model:
         buffer = io.BytesIO()
         torch.save(strategy.state_dict(), buffer)

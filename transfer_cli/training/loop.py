@@ -58,21 +58,22 @@ def _warmup_then_linear_decay(optimizer, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _progress_bar() -> Progress:
+def _progress_bar(disable: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.4f}"), transient=False,
+        TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.4f}"), transient=False, disable=disable,
     )
 
 
-def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, tokenizer) -> FitResult:
-    """Train through the strategy's phases; each phase ends with its selected checkpoint restored."""
+def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, tokenizer, progress_bar: bool = True) -> FitResult:
+    """Train through the strategy's phases; each phase ends with its selected checkpoint restored.
+    Without `progress_bar` (parallel jobs sharing one terminal), the epoch log lines show the progress."""
     result = FitResult()
     ctx = Context(cfg.train.epochs, cfg.seed, Path(cfg.paths.cache_dir).expanduser(), accelerator, tokenizer,
                   cfg.train.eval_batch_size)
     # the prepared module (device, autocast, DDP when distributed) computes the loss; the plain one is for the rest
     step = accelerator.prepare_model(strategy)
-    with _progress_bar() as bar:
+    with _progress_bar(disable=not progress_bar) as bar:
         for number, phase in enumerate(strategy.phases(data, ctx)):
             if len(phase.train) == 0:
                 raise TransferError(f"phase '{phase.name}' has no examples to train on; use more data")
