@@ -64,6 +64,10 @@ def test_report_aggregates_a_partial_sweep(cli, tmp_path):
     runs = list(csv.DictReader((tmp_path / "report" / "runs.csv").open()))
     assert len(runs) == 10  # completed, the rerun counted once
 
+    # piped into a file, the tables print whole, however narrow the terminal it came from
+    piped = cli("report", str(sweep), "--out", str(tmp_path / "report"), env={"COLUMNS": "60"}).stdout
+    assert "target_oracle (ORACLE)" in piped and "negative transfer (within 1 s.e.)" in piped
+
 
 def test_report_errors(cli, tmp_path):
     assert_clean_error(cli("report", str(tmp_path / "nowhere")), tmp_path, "no such folder")

@@ -20,6 +20,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from .console import print_table
 from .errors import TransferError
 from .outputs import write_json
 
@@ -128,7 +129,6 @@ def main(argv: List[str]) -> None:
     if args.max_examples < 10:
         raise TransferError(f"--max-examples={args.max_examples} must be >= 10")
 
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="proxy A-distance between source and target features (0 = aligned, 2 = separable)")
@@ -138,4 +138,4 @@ def main(argv: List[str]) -> None:
         s = analyze(run, args.max_examples, not args.no_tsne)
         table.add_row(str(run), str(s["strategy"]), f"{s['source']}→{s['target']}", f"{s['pad_before']:.3f}",
                       f"{s['pad_after']:.3f}", f"{s['pad_change']:+.3f}")
-    Console().print(table)
+    print_table(table)

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from . import __version__
 from .config import register_resolvers
+from .console import print_table
 from .errors import TransferError
 from .outputs import SCHEMA_VERSION, environment, now, read_json, write_atomic, write_history, write_json, write_status
 
@@ -220,5 +221,5 @@ def _print_table(metrics: Dict[str, Any], folder: Path) -> None:
         value = metrics[key]
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console = Console()
-    console.print(table)
+    print_table(table, console)
     console.print(f"outputs: {folder}")

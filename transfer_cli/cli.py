@@ -13,6 +13,7 @@ from typing import Iterable, List, Optional
 
 from . import __version__
 from .config import DOMAIN_ROLES, GROUPS, describe, group_options, register_schema_and_domains, search_dirs
+from .console import print_table
 from .errors import TransferError
 
 USAGE = f"""usage: transfer <command> [arguments]
@@ -201,7 +202,7 @@ def list_options(args: List[str]) -> None:
         table.add_column()
         for name, path in group_options(group, dirs).items():
             table.add_row(name, describe(path))
-        console.print(table)
+        print_table(table, console)
         console.print()
 
 

@@ -18,6 +18,7 @@ from typing import List, Tuple
 
 import pandas as pd
 
+from .console import print_table
 from .errors import TransferError
 from .outputs import read_json, write_atomic
 
@@ -211,5 +212,5 @@ def main(argv: List[str]) -> None:
             table.add_column(column, justify="left" if i < 2 else "right")
         for row in rows:
             table.add_row(*row, style={"negative transfer": "red", "negative transfer (within 1 s.e.)": "yellow"}.get(row[-1]))
-        console.print(table)
+        print_table(table, console)
     console.print(f"report: {out / 'report.md'}")

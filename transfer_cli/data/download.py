@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ..console import print_table
 from ..errors import TransferError
 
 AMAZON_URL = "https://www.cs.jhu.edu/~mdredze/datasets/sentiment/domain_sentiment_data.tar.gz"
@@ -204,7 +205,7 @@ def main(argv: List[str]) -> None:
             status, where = presence(domain, data_dir)
             style = {"present": "green", "built in": "green", "missing": "red"}.get(status, "yellow")
             table.add_row(name, domain.loader.value, f"[{style}]{status}[/]", where)
-        console.print(table)
+        print_table(table, console)
         return
 
     name = ALIASES.get(args.name, args.name)
