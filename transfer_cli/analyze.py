@@ -14,7 +14,6 @@ Proxy A-distance (Ben-David et al. 2007; Ganin et al. 2016), with one fixed conv
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Dict, List
 
@@ -22,7 +21,7 @@ import numpy as np
 
 from .console import print_table
 from .errors import TransferError
-from .outputs import write_json
+from .outputs import read_json, write_json
 
 
 def proxy_a_distance(source: np.ndarray, target: np.ndarray, seed: int = 0) -> float:
@@ -105,7 +104,7 @@ def analyze(run: Path, max_examples: int, tsne: bool) -> Dict[str, float]:
         result[f"pad_{stage}"] = proxy_a_distance(encoded["source"], encoded["target"], cfg.seed)
         features[f"{stage} training: PAD {result[f'pad_{stage}']:.3f}"] = np.vstack([encoded["source"], encoded["target"]])
     labels = np.concatenate([subsets["source"].labels, subsets["target"].labels])
-    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+    metrics = read_json(run / "metrics.json") or {}
     summary = {
         **result, "pad_change": result["pad_after"] - result["pad_before"],
         "source_examples": len(subsets["source"]), "target_examples": len(subsets["target"]),

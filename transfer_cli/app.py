@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 import traceback
 from pathlib import Path
@@ -127,8 +126,10 @@ def sharing_jobs() -> int:
     launcher = HydraConfig.get().launcher
     if "joblib" not in str(launcher.get("_target_", "")):
         return 1
+    from .hardware import available_cores
+
     n_jobs = launcher.get("n_jobs") or 1
-    return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)  # joblib: -1 = all cores
+    return n_jobs if n_jobs > 0 else max(1, available_cores() + 1 + n_jobs)  # joblib: -1 = all cores
 
 
 def _run(cfg: DictConfig, folder: Path, started: float, digest: str) -> Dict[str, Any]:

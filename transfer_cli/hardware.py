@@ -14,6 +14,11 @@ from .errors import TransferError
 DEFAULT_THREADS = torch.get_num_threads()
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, where the platform tells)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def resolve_device(requested: str) -> str:
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     if requested == "auto":
@@ -52,8 +57,7 @@ def threads_per_job(sharing_jobs: int) -> int:
     start with a thread limit of their own, so count the cores, not torch's default)."""
     if sharing_jobs <= 1:
         return DEFAULT_THREADS
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // sharing_jobs)
+    return max(1, available_cores() // sharing_jobs)
 
 
 def setup(hardware: Any, seed: int, sharing_jobs: int = 1) -> Tuple[Any, str, str]:

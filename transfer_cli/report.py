@@ -24,6 +24,7 @@ from .outputs import read_json, write_atomic
 
 CONFIG = ["strategy", "peft", "model", "source", "target", "protocol"]
 BASELINE, ORACLE = "source_only", "target_oracle"
+NEGATIVE, WITHIN_NOISE = "negative transfer", "negative transfer (within 1 s.e.)"  # the flags, red and yellow
 
 
 def collect(paths: List[Path]) -> Tuple[pd.DataFrame, pd.DataFrame]:
@@ -143,7 +144,7 @@ def summary_rows(summary: pd.DataFrame) -> Tuple[List[str], List[List[str]]]:
 def _flag(row) -> str:
     if not row.negative_transfer:
         return ""
-    return "negative transfer (within 1 s.e.)" if row.within_noise else "negative transfer"
+    return WITHIN_NOISE if row.within_noise else NEGATIVE
 
 
 def constants(summary: pd.DataFrame) -> str:
@@ -211,6 +212,6 @@ def main(argv: List[str]) -> None:
         for i, column in enumerate(header):
             table.add_column(column, justify="left" if i < 2 else "right")
         for row in rows:
-            table.add_row(*row, style={"negative transfer": "red", "negative transfer (within 1 s.e.)": "yellow"}.get(row[-1]))
+            table.add_row(*row, style={NEGATIVE: "red", WITHIN_NOISE: "yellow"}.get(row[-1]))
         print_table(table, console)
     console.print(f"report: {out / 'report.md'}")
