@@ -4,9 +4,13 @@ Four recipes train the same model on the same N source reviews (same max_length,
 evaluate on the same target reviews:
 
     a  a real `transfer run strategy=source_only` (the CLI, in a subprocess)
-    b  the HF Trainer's default recipe: fp32, random batches, DataCollatorWithPadding
-    c  the HF Trainer tuned: bf16 where supported, length-grouped sampling
-    d  a bare loop: forward, backward, step over length-sorted, dynamically padded batches (the compute limit)
+    b  the HF Trainer's default recipe: fp32 (the Trainer's default), random batches, DataCollatorWithPadding
+    c  the HF Trainer tuned: the runner's precision rule (bf16 only where native), length-grouped sampling
+    d  a bare loop: forward, backward, step over length-sorted, dynamically padded batches (the compute limit),
+       in the runner's precision
+
+The table names the CPU capability and each recipe's precision: figures from CPUs of different kinds (native bf16
+or not) do not compare.
 
 Each recipe runs in its own process, so its peak memory is its own. Prints a table and the ratios a/b, a/c, a/d,
 and writes everything as JSON.
@@ -28,7 +32,7 @@ from pathlib import Path
 RECIPES = {
     "a": "transfer run (source_only)",
     "b": "HF Trainer, default recipe",
-    "c": "HF Trainer, tuned (bf16, length-grouped)",
+    "c": "HF Trainer, tuned (precision rule, length-grouped)",
     "d": "bare loop (compute limit)",
 }
 REPO = Path(__file__).resolve().parents[1]
@@ -120,8 +124,10 @@ def run_trainer(args, tuned: bool) -> dict:
         num_train_epochs=args.epochs, learning_rate=args.lr, seed=0, report_to=[], save_strategy="no",
         logging_strategy="no", use_cpu=device == "cpu",
     )
+    precision = resolve_precision("auto", device) if tuned else "fp32"
     if tuned:
-        options["bf16"] = resolve_precision("auto", device) == "bf16"
+        options["bf16"] = precision == "bf16"
+        options["fp16"] = precision == "fp16"
         fields = {f.name for f in dataclasses.fields(TrainingArguments)}
         if "train_sampling_strategy" in fields:  # transformers >= 5
             options["train_sampling_strategy"] = "group_by_length"
@@ -142,6 +148,7 @@ def run_trainer(args, tuned: bool) -> dict:
         "eval_samples_per_second": len(data.target_test) / eval_seconds,
         "target_test_accuracy": accuracy, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
         "gpu_peak_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+        "precision": precision,
     }
 
 
@@ -156,7 +163,8 @@ def run_bare_loop(args) -> dict:
     cfg, tokenizer, data = load(args)
     torch.manual_seed(0)
     device = resolve_device("auto")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision("auto", device))
+    precision = resolve_precision("auto", device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     model = build_model(cfg.model, 2, len(tokenizer)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     # length-sorted, dynamically padded batches (the same collation as the runner's evaluation)
@@ -187,6 +195,7 @@ def run_bare_loop(args) -> dict:
         "target_test_accuracy": correct / len(data.target_test), "train_seconds": train_seconds,
         "eval_seconds": eval_seconds, "gpu_peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None,
         "padding_fraction": float(1 - sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches)),
+        "precision": precision,
     }
 
 
@@ -232,20 +241,25 @@ def main(argv=None):
         print(f"running {key}: {RECIPES[key]} ...", flush=True)
         results[key] = measure(key, args)
     print_table(args, results)
-    Path(args.out).write_text(json.dumps({"settings": vars(args), "results": results}, indent=2) + "\n")
+    import torch
+
+    settings = {**vars(args), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    Path(args.out).write_text(json.dumps({"settings": settings, "results": results}, indent=2) + "\n")
     print(f"written: {args.out}")
 
 
 def print_table(args, results):
+    import torch
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{args.domain} -> {args.target}, N={args.n}, max_length={args.max_length}, "
-                        f"batch {args.batch_size}, {args.epochs} epoch(s), {os.cpu_count()} cores")
-    for column in ("recipe", "train samples/s", "eval samples/s", "wall s", "peak RSS MiB", "target acc"):
+                        f"batch {args.batch_size}, {args.epochs} epoch(s), {os.cpu_count()} cores, CPU capability "
+                        f"{torch.backends.cpu.get_cpu_capability()}")
+    for column in ("recipe", "precision", "train samples/s", "eval samples/s", "wall s", "peak RSS MiB", "target acc"):
         table.add_column(column, justify="left" if column == "recipe" else "right")
     for key, r in results.items():
-        table.add_row(f"{key}  {RECIPES[key]}", f"{r['train_samples_per_second']:.1f}", f"{r['eval_samples_per_second']:.1f}",
+        table.add_row(f"{key}  {RECIPES[key]}", r["precision"], f"{r['train_samples_per_second']:.1f}", f"{r['eval_samples_per_second']:.1f}",
                       f"{r['wall_seconds']:.1f}", f"{r['peak_rss_mib']:.0f}", f"{r['target_test_accuracy']:.3f}")
     console = Console(width=140)
     console.print(table)

@@ -43,7 +43,7 @@ def fit(model, scores, epochs, n=40, selection="source_val", extra=(), **train):
     """Run the loop with scripted source-validation accuracies (and `extra` columns per epoch); return the result
     and the weights at each epoch."""
     cfg = RunConfig(train=TrainConfig(batch_size=8, lr=1e-3, **train), selection=Selection(selection))
-    accelerator, _, _ = setup(HardwareConfig(name="cpu", device=Device.cpu, precision=Precision.fp32), 0)
+    accelerator = setup(HardwareConfig(name="cpu", device=Device.cpu, precision=Precision.fp32), 0).accelerator
     snapshots, script, extra = [], iter(scores), iter(extra)
 
     def scripted(model_, *_):

@@ -81,7 +81,7 @@ def analyze(run: Path, max_examples: int, tsne: bool) -> Dict[str, float]:
     if not weights.exists():
         raise TransferError(f"{run} has no model.pt; rerun it with train.save_model=true to analyze it")
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(config_file)))
-    accelerator, _, _ = setup(cfg.hardware, cfg.seed)
+    accelerator = setup(cfg.hardware, cfg.seed).accelerator
     tokenizer = load_tokenizer(cfg.model)
     data = build_data(cfg, tokenizer, Path(cfg.paths.data_dir).expanduser(), Path(cfg.paths.cache_dir).expanduser())
     backbone_config = load_backbone_config(cfg.model)

@@ -6,10 +6,13 @@ import hashlib
 import io
 import json
 import logging
+import os
+import signal
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -18,10 +21,12 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .config import register_resolvers
+from .config import register_resolvers, run_config_dirs
 from .console import print_table
 from .errors import TransferError
-from .outputs import SCHEMA_VERSION, environment, now, read_json, write_atomic, write_history, write_json, write_status
+from .outputs import (CHECKPOINT, SCHEMA_VERSION, Heartbeat, environment, now, process_gone, read_json, write_atomic,
+                      write_history, write_json, write_status)
+from .training.signals import Interrupted, StopSignals
 
 log = logging.getLogger("transfer")
 register_resolvers()  # at import: the worker processes of parallel launchers import this module, not the CLI
@@ -77,7 +82,9 @@ def run(cfg: DictConfig) -> float:
     target-label metric). Failures leave status.json (with the error) and no metrics.json.
 
     In a sweep, a job whose folder holds a completed run of the same config is skipped (a rerun resumes the sweep),
-    and a job whose source is its target is skipped (sweeps over all pairs)."""
+    and a job whose source is its target is skipped (sweeps over all pairs). A folder with a checkpoint of the same
+    config resumes from it (a sweep job's; hydra.run.dir set to a killed run's; resume=auto or resume=PATH).
+    hardware.processes=N launches N processes (torchrun) that share this run folder."""
     hydra = HydraConfig.get()
     folder = Path(hydra.runtime.output_dir)
     if hydra.mode == RunMode.RUN and hydra.sweeper.get("params"):
@@ -92,31 +99,113 @@ def run(cfg: DictConfig) -> float:
             write_status(folder, "skipped", reason=f"source = target ({'+'.join(cfg.target)})")
             log.info("skipped: the source is the target (%s)", "+".join(cfg.target))
             return float("nan")
-    (folder / "metrics.json").unlink(missing_ok=True)  # a run of another config in this folder
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, only rank 0 writes the run folder
+    folder = resume_folder(cfg.resume, folder, Path(cfg.paths.output_dir), digest, main)
+    if cfg.hardware.processes > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_processes(cfg.hardware.processes, folder)
+    if main:
+        (folder / "metrics.json").unlink(missing_ok=True)  # a run of another config in this folder
     started = time.perf_counter()
-    write_status(folder, "running", started=now())
+    progress: Dict[str, Any] = {"epochs_completed": 0}
     try:
-        metrics = _run(cfg, folder, started, digest)
-    except TransferError as e:
-        write_status(folder, "failed", error=str(e), error_type="TransferError")
+        with StopSignals().installed() as stop, (Heartbeat(folder, config_digest=digest) if main else nullcontext()):
+            metrics = _run(cfg, folder, started, digest, stop, progress, main)
+    except Interrupted as e:
+        if main:
+            write_status(folder, "interrupted", signal=str(e), config_digest=digest, **progress,
+                         checkpoint=str(folder / CHECKPOINT) if e.checkpointed else None)
         raise
-    except KeyboardInterrupt:
-        write_status(folder, "interrupted")
+    except TransferError as e:
+        if main:
+            write_status(folder, "failed", error=str(e), error_type="TransferError", config_digest=digest, **progress)
         raise
     except BaseException as e:
-        write_status(folder, "failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        if main:
+            write_status(folder, "failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
+                         config_digest=digest, **progress)
         raise
-    write_json(folder / "metrics.json", metrics)
-    write_status(folder, "completed", finished=now(), seconds=round(time.perf_counter() - started, 2))
-    _print_table(metrics, folder)
+    if main:
+        write_json(folder / "metrics.json", metrics)
+        write_status(folder, "completed", finished=now(), seconds=round(time.perf_counter() - started, 2))
+        _print_table(metrics, folder)
     return metrics["label_free_score"]
 
 
+def resume_folder(resume: Optional[str], folder: Path, output_dir: Path, digest: str, main: bool = True) -> Path:
+    """The folder the run goes on in: its own (Hydra's), or an interrupted run's (resume=auto or resume=PATH) of the
+    same config, whose checkpoint it continues."""
+    if resume in (None, "", "null"):
+        return folder
+    if resume == "auto":
+        candidates = []
+        for status_file in output_dir.expanduser().rglob("status.json"):
+            status = read_json(status_file) or {}
+            unfinished = status.get("status") in ("interrupted", "failed") or process_gone(status)
+            if (unfinished and status.get("config_digest") == digest and status_file.parent != folder
+                    and (status_file.parent / CHECKPOINT / "position.json").exists()):
+                candidates.append((status.get("time", ""), status_file.parent))
+        if not candidates:
+            log.info("resume=auto: no interrupted run of this config under %s with a checkpoint; starting afresh",
+                     output_dir)
+            return folder
+        chosen = max(candidates)[1]
+    else:
+        chosen = Path(resume).expanduser()
+        status = read_json(chosen / "status.json")
+        if status is None or not (chosen / CHECKPOINT / "position.json").exists():
+            raise TransferError(f"resume={resume}: no run folder with a checkpoint there; give the folder of an "
+                                "interrupted run, or resume=auto")
+        if status.get("config_digest") != digest:
+            raise TransferError(f"resume={resume}: that run has another config; resume it with its own overrides "
+                                f"(see {chosen / '.hydra' / 'overrides.yaml'})")
+        if status.get("status") == "completed":
+            raise TransferError(f"resume={resume}: that run has completed; nothing to resume")
+    log.info("continuing the interrupted run in %s", chosen)
+    if main:
+        handler = logging.FileHandler(chosen / "run.log")  # its log goes on where it started
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logging.getLogger().addHandler(handler)
+    return chosen
+
+
+def launch_processes(processes: int, folder: Path) -> float:
+    """hardware.processes=N: the same job on N local processes (torchrun; gloo on CPUs), all in this run folder.
+    Rank 0 writes the folder; this process waits and returns its score. A stop signal goes on to the processes
+    as SIGTERM (torchrun passes it to each), so that they checkpoint before this process stops, or before a
+    launcher's handler (submitit's requeue) gets the signal."""
+    import subprocess
+    import sys
+
+    from .hardware import available_cores
+
+    dirs = run_config_dirs()[1:]  # the user's --config-dir, if any
+    search = [f"hydra.searchpath=[{','.join(f'file://{d}' for d in dirs)}]"] if dirs else []
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "transfer_cli.cli", "run", *HydraConfig.get().overrides.task, *search, f"hydra.run.dir={folder}"]
+    log.info("launching %d processes: %s", processes, " ".join(command))
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, available_cores() // processes))}
+    child = subprocess.Popen(command, env=env)
+    with StopSignals().installed() as stop, stop.deferred():
+        while child.poll() is None:
+            if stop.requested:
+                child.send_signal(signal.SIGTERM)
+                child.wait()
+                stop.stop(stop.requested, checkpointed=True)
+            time.sleep(0.2)
+    status = read_json(folder / "status.json") or {}
+    if child.returncode != 0 or status.get("status") != "completed":
+        raise TransferError(status.get("error") or f"the {processes} processes failed (exit code {child.returncode}); "
+                            f"see {folder / 'run.log'}")
+    return read_json(folder / "metrics.json")["label_free_score"]
+
+
 def config_digest(cfg: DictConfig) -> str:
-    """What a run computes: the resolved config without its paths (where data, cache and outputs live), and the
-    version of transfer."""
+    """What a run computes: the resolved config without its paths (where data, cache and outputs live), where it
+    resumes from, how it is tracked, and whether it keeps its checkpoints; and the version of transfer."""
     content = OmegaConf.to_container(cfg, resolve=True)
-    content.pop("paths", None)
+    for key in ("paths", "resume", "logger"):
+        content.pop(key, None)
+    content.get("train", {}).pop("keep_checkpoints", None)
     content["transfer_version"] = __version__
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -132,7 +221,8 @@ def sharing_jobs() -> int:
     return n_jobs if n_jobs > 0 else max(1, available_cores() + 1 + n_jobs)  # joblib: -1 = all cores
 
 
-def _run(cfg: DictConfig, folder: Path, started: float, digest: str) -> Dict[str, Any]:
+def _run(cfg: DictConfig, folder: Path, started: float, digest: str, stop, progress: Dict[str, Any],
+         main: bool) -> Dict[str, Any]:
     # heavy imports here, so that `--help`, `--cfg` and config errors answer at once
     import torch
 
@@ -140,35 +230,51 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str) -> Dict[str
     from .hardware import setup
     from .models import build_model, load_backbone_config, load_tokenizer, max_positions
     from .strategies import strategy_params
+    from .training import tracking
+    from .training.checkpoint import Checkpoints
     from .training.loop import fit
     from .training.validators import VALIDATORS, score
 
     typed = OmegaConf.to_object(cfg)  # the schema's dataclasses, checked by Hydra at composition
     validate(typed)
     strategy_cls, params = strategy_params(OmegaConf.to_container(cfg.strategy))
-    write_json(folder / "env.json", environment())
 
     jobs = sharing_jobs()
-    accelerator, device, precision = setup(typed.hardware, typed.seed, jobs)
-    tokenizer = load_tokenizer(typed.model)
-    backbone_config = load_backbone_config(typed.model)
-    limit = max_positions(backbone_config)
-    if typed.data.max_length > limit:
-        raise TransferError(f"data.max_length={typed.data.max_length} exceeds the limit of model '{typed.model.name}' ({limit}); use data.max_length<={limit}")
+    hardware = setup(typed.hardware, typed.seed, jobs, **tracking.accelerator_options(typed, folder))
+    accelerator = hardware.accelerator
+    if main:
+        write_json(folder / "env.json", {**environment(), "precision": hardware.precision,
+                                         "precision_reason": hardware.precision_reason,
+                                         "world_size": hardware.world_size})
+    with tracking.tracked(accelerator, OmegaConf.to_container(cfg, resolve=True), folder):
+        tokenizer = load_tokenizer(typed.model)
+        backbone_config = load_backbone_config(typed.model)
+        limit = max_positions(backbone_config)
+        if typed.data.max_length > limit:
+            raise TransferError(f"data.max_length={typed.data.max_length} exceeds the limit of model '{typed.model.name}' ({limit}); use data.max_length<={limit}")
 
-    t0 = time.perf_counter()
-    data = build_data(typed, tokenizer, Path(typed.paths.data_dir).expanduser(), Path(typed.paths.cache_dir).expanduser())
-    data_seconds = time.perf_counter() - t0
-    log.info("data: %s", data.sizes())
+        t0 = time.perf_counter()
+        data = build_data(typed, tokenizer, Path(typed.paths.data_dir).expanduser(), Path(typed.paths.cache_dir).expanduser())
+        data_seconds = time.perf_counter() - t0
+        log.info("data: %s", data.sizes())
 
-    model = build_model(typed.model, data.num_labels, len(tokenizer), backbone_config, typed.peft)
-    strategy = strategy_cls(params, model)
-    result = fit(strategy, data, typed, accelerator, tokenizer, progress_bar=jobs == 1)  # parallel bars would garble
-    if typed.train.save_model:
-        buffer = io.BytesIO()
-        torch.save(strategy.state_dict(), buffer)
-        write_atomic(folder / "model.pt", buffer.getvalue())
-    write_history(folder / "history.csv", result.history)
+        model = build_model(typed.model, data.num_labels, len(tokenizer), backbone_config, typed.peft)
+        strategy = strategy_cls(params, model)
+        checkpoints = Checkpoints(folder, accelerator, digest)
+
+        def on_epoch(history):
+            write_history(folder / "history.csv", history)
+            progress["epochs_completed"] = len(history)
+
+        # parallel jobs' bars would garble one terminal; other ranks keep quiet
+        result = fit(strategy, data, typed, accelerator, tokenizer, progress_bar=jobs == 1 and main,
+                     checkpoints=checkpoints, stop=stop, on_epoch=on_epoch)
+        if typed.train.save_model and main:
+            buffer = io.BytesIO()
+            torch.save(strategy.state_dict(), buffer)
+            write_atomic(folder / "model.pt", buffer.getvalue())
+        if not typed.train.keep_checkpoints:
+            checkpoints.remove()
 
     final = result.final
     trainable = sum(p.numel() for p in strategy.parameters() if p.requires_grad)
@@ -183,8 +289,12 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str) -> Dict[str
         "target_labels_used": data.target_labels_used,
         "seed": typed.seed,
         "config_digest": digest,
-        "device": device,
-        "precision": precision,
+        "device": hardware.device,
+        "precision": hardware.precision,
+        "precision_reason": hardware.precision_reason,
+        "cpu_capability": hardware.cpu_capability,
+        "world_size": hardware.world_size,
+        "global_batch_size": typed.train.batch_size * hardware.world_size * typed.train.grad_accum_steps,
         "threads": torch.get_num_threads(),
         **data.sizes(),
         "max_length": typed.data.max_length,
@@ -205,7 +315,7 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str) -> Dict[str
         "data_seconds": round(data_seconds, 3),
         "train_seconds": round(result.train_seconds, 3),
         "eval_seconds": round(result.eval_seconds, 3),
-        "total_seconds": round(time.perf_counter() - started, 3),
+        "total_seconds": round(time.perf_counter() - started, 3),  # of this invocation, when resumed
         "train_samples_per_second": round(result.train_samples / max(result.train_seconds, 1e-9), 2),
         "eval_samples_per_second": round(result.eval_samples / max(result.eval_seconds, 1e-9), 2),
         "output_dir": str(folder),

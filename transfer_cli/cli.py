@@ -15,6 +15,7 @@ from . import __version__
 from .config import DOMAIN_ROLES, GROUPS, describe, group_options, register_schema_and_domains, search_dirs
 from .console import print_table
 from .errors import TransferError
+from .training.signals import Interrupted
 
 USAGE = f"""usage: transfer <command> [arguments]
 
@@ -180,11 +181,37 @@ def run(args: List[str]) -> None:
     register_schema_and_domains(dirs)
     if "--help" not in args and "-h" not in args and "--hydra-help" not in args:
         report_errors(lambda: check_choices(args, dirs))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        args = one_folder_for_all_processes(args)
     hydra_utils.run_and_report = report_errors  # Hydra looks this name up at call time
     if not debugging():
         sys.stderr = _WithoutHydraJobError(sys.stderr)
     sys.argv = ["transfer", *args]
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(run_job)()
+
+
+def one_folder_for_all_processes(args: List[str]) -> List[str]:
+    """Under torchrun or `accelerate launch`, every process runs this command: they agree on rank 0's run (or sweep)
+    folder, and only rank 0 writes Hydra's files and log there."""
+    from datetime import datetime
+
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    # the process group starts here, so say which kind: gloo on CPUs (Accelerate's default would be none at all)
+    cpu = not torch.cuda.is_available() or any(a.startswith(("hardware=cpu", "hardware.device=cpu")) for a in args)
+    state = PartialState(cpu=cpu)
+    stamp = [datetime.now().strftime("%Y-%m-%d/%H-%M-%S_%f")]
+    broadcast_object_list(stamp, from_process=0)
+    extra = []
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        extra.append(f"hydra.run.dir=${{paths.output_dir}}/{stamp[0]}")
+    if not any(a.startswith("hydra.sweep.dir=") for a in args):
+        extra.append(f"hydra.sweep.dir=${{paths.output_dir}}/multirun/{stamp[0]}")
+    if not state.is_main_process:
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    return [*args, *extra]
 
 
 def list_options(args: List[str]) -> None:
@@ -212,7 +239,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
-    except KeyboardInterrupt:  # Ctrl-C: the run's status.json already says what happened
+    except Interrupted as stopped:  # a signal: the run's status.json says what happened, its checkpoint resumes it
+        if debugging():
+            raise
+        resume = "; run the same command again to resume" if stopped.checkpointed else ""
+        print(f"transfer: interrupted by {stopped}{resume}", file=sys.stderr)
+        sys.exit(stopped.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C outside a run
         if debugging():
             raise
         print("transfer: interrupted", file=sys.stderr)

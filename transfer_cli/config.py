@@ -72,6 +72,15 @@ class Selection(str, Enum):
     dev = "dev"
 
 
+class Logger(str, Enum):
+    """Experiment trackers, through Accelerate's tracking API (transfer_cli/training/tracking.py)."""
+
+    none = "none"
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+    csv = "csv"
+
+
 class Protocol(str, Enum):
     inductive = "inductive"
     transductive = "transductive"
@@ -145,6 +154,7 @@ class HardwareConfig:
     precision: Precision = Precision.auto
     threads: int = 0  # torch intra-op threads; 0 = all cores
     deterministic: bool = False
+    processes: int = 1  # processes on this machine (gloo on CPUs, one GPU each); >1 launches them with torchrun
 
 
 @dataclass
@@ -173,6 +183,7 @@ class TrainConfig:
     patience: int = 2  # epochs without improvement of the selection metric before stopping
     group_by_length: bool = True  # batches of similar length (less padding); false: plain random batches
     save_model: bool = False
+    keep_checkpoints: bool = False  # keep the run's checkpoint/ folder once it completes (default: pruned)
 
 
 @dataclass
@@ -197,6 +208,10 @@ class RunConfig:
     selection: Selection = Selection.source_val  # the label-free validator that picks checkpoints
     seed: int = 0
     description: str = ""  # set by experiment presets
+    # continue an interrupted run: auto = the latest unfinished run of this config under paths.output_dir, or a run
+    # folder's path; null = only the run's own folder (a sweep job's, or hydra.run.dir set to the killed run's)
+    resume: Optional[str] = None
+    logger: Logger = Logger.none  # experiment tracking: none | tensorboard | mlflow | csv
 
 
 def search_dirs(argv: List[str]) -> List[Path]:

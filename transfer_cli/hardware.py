@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
+import platform
+from dataclasses import dataclass
 from typing import Any, Tuple
 
 import torch
 
 from .errors import TransferError
 
+log = logging.getLogger(__name__)
 
 DEFAULT_THREADS = torch.get_num_threads()
 
@@ -28,15 +32,49 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def cpu_capability() -> str:
+    """The vector instructions torch's CPU kernels use here: AVX2, AVX512, SVE256, DEFAULT, ..."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def _onednn_bf16() -> bool:
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def cpu_native_bf16() -> bool:
+    """bf16 matmuls in hardware: oneDNN reports bf16 support and, on x86, the CPU has AVX512-BF16 or AMX (oneDNN
+    also says yes on plain AVX512, where it emulates bf16). Elsewhere bf16 autocast is emulated, ~20x slower."""
+    if not _onednn_bf16():
+        return False
+    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return True  # ARM: oneDNN's check is the CPU's bf16 instructions
+
+
 def resolve_precision(requested: str, device: str) -> str:
-    """auto: bf16 where supported (the CPU included), fp16 with a grad scaler on older GPUs, fp32 otherwise."""
+    return choose_precision(requested, device)[0]
+
+
+def choose_precision(requested: str, device: str) -> Tuple[str, str]:
+    """(precision, why). auto: bf16 on a CPU only where it is native, bf16 on GPUs that support it, else fp16 with a
+    grad scaler; fp32 on MPS. A forced bf16 on a CPU that emulates it warns."""
+    capability = cpu_capability()
+    if requested == "fp16" and device == "cpu":
+        raise TransferError("hardware.precision=fp16 is not supported on the CPU; use bf16 or fp32")
+    if requested == "bf16" and device == "cpu" and not cpu_native_bf16():
+        log.warning("hardware.precision=bf16 on a CPU without native bf16 (%s): it is emulated and much slower "
+                    "(~20x) than fp32; use hardware.precision=auto or fp32", capability)
     if requested != "auto":
-        if requested == "fp16" and device == "cpu":
-            raise TransferError("hardware.precision=fp16 is not supported on the CPU; use bf16 or fp32")
-        return requested
+        return requested, f"{requested}: hardware.precision={requested}"
     if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-    return "bf16" if device == "cpu" else "fp32"
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16", "bf16: this GPU supports bf16"
+        return "fp16", "fp16 with a grad scaler: this GPU has no bf16"
+    if device == "cpu":
+        if cpu_native_bf16():
+            return "bf16", f"bf16: this CPU has native bf16 ({capability})"
+        return "fp32", f"fp32: this CPU has no native bf16 ({capability})"
+    return "fp32", f"fp32 on {device}"
 
 
 def keep_freed_memory() -> None:
@@ -60,25 +98,47 @@ def threads_per_job(sharing_jobs: int) -> int:
     return max(1, available_cores() // sharing_jobs)
 
 
-def setup(hardware: Any, seed: int, sharing_jobs: int = 1) -> Tuple[Any, str, str]:
-    """An Accelerator for this run, with the resolved device and precision. `sharing_jobs` parallel jobs on this
-    machine split its cores (hardware.threads=0)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
+@dataclass
+class Hardware:
+    """What a run got: its Accelerator and the decisions behind it."""
+
+    accelerator: Any
+    device: str
+    precision: str
+    precision_reason: str
+    cpu_capability: str
+    world_size: int
+
+
+def setup(hardware: Any, seed: int, sharing_jobs: int = 1, **accelerator_options: Any) -> Hardware:
+    """An Accelerator for this run, with the resolved device and precision (logged once, with the reason). Each
+    process seeds seed + its rank (its own dropout; the data order comes from the seed alone). The processes and
+    parallel sweep jobs on this machine split its cores (hardware.threads=0). `accelerator_options` go to the
+    Accelerator (trackers)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+    from accelerate.state import AcceleratorState, is_initialized
     from accelerate.utils import set_seed
 
     device = resolve_device(hardware.device.value)
-    precision = resolve_precision(hardware.precision.value, device)
-    torch.set_num_threads(hardware.threads or threads_per_job(sharing_jobs))
+    precision, why = choose_precision(hardware.precision.value, device)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(hardware.threads or threads_per_job(sharing_jobs * local_processes))
     if device == "cpu":
         keep_freed_memory()
-    # Sweep jobs share one process (Hydra's basic launcher); Accelerate's state is per process, so start afresh.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    mixed_precision = "no" if precision == "fp32" else precision
+    state = AcceleratorState() if is_initialized() else None
+    if state and (state.mixed_precision != mixed_precision or (device == "cpu") != (state.device.type == "cpu")):
+        # Sweep jobs share one process (Hydra's basic launcher) and Accelerate keeps one state per process, with
+        # no public way to change it: drop it (the process group, if any, stays).
+        AcceleratorState._reset_state()
     # The tokenizer runs before training; keep its thread pool from competing with torch's afterwards.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    set_seed(seed, deterministic=hardware.deterministic)
     accelerator = Accelerator(
-        cpu=device == "cpu", mixed_precision="no" if precision == "fp32" else precision, step_scheduler_with_optimizer=False
+        cpu=device == "cpu", mixed_precision=mixed_precision, step_scheduler_with_optimizer=False,
+        # a phase may leave modules out of its loss (a frozen teacher, a discriminator in the source phase)
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)], **accelerator_options,
     )
-    return accelerator, str(accelerator.device), precision
+    set_seed(seed, device_specific=True, deterministic=hardware.deterministic)
+    if PartialState().is_main_process:
+        log.info("precision %s", why)
+    return Hardware(accelerator, str(accelerator.device), precision, why, cpu_capability(), accelerator.num_processes)

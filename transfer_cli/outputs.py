@@ -2,7 +2,9 @@
 
     metrics.json   one flat object with stable keys (SCHEMA_VERSION), written only when the run completes
     history.csv    one row per epoch and phase
-    status.json    running | completed | failed (+ error), written at start and at the end, failures included
+    status.json    running (+ pid, host, heartbeat) | completed | failed (+ error) | interrupted (+ signal, last
+                   epoch, checkpoint), written at start, every minute while running, and at the end
+    checkpoint/    the loop's latest checkpoint (training/checkpoint.py), pruned when the run completes
     env.json       package versions, git sha, platform
     run.log        the log (Hydra); .hydra/ holds the composed config and the overrides
 """
@@ -14,15 +16,18 @@ import io
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
 SCHEMA_VERSION = 1
+CHECKPOINT = "checkpoint"  # the loop's checkpoint folder in a run folder (training/checkpoint.py)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -72,6 +77,58 @@ def write_status(folder: Path, status: str, **extra: Any) -> None:
     write_json(folder / "status.json", {"status": status, "time": now(), **extra})
 
 
+HEARTBEAT_SECONDS = 60
+
+
+class Heartbeat:
+    """While a run runs, its status.json says `running` with the process's pid and host, and a heartbeat time
+    renewed every minute, so that `transfer report` can tell a live run from one whose process is gone."""
+
+    def __init__(self, folder: Path, **extra: Any):
+        self.folder, self.extra = folder, {"pid": os.getpid(), "host": socket.gethostname(), **extra}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _write(self) -> None:
+        with self._lock:
+            if not self._stop.is_set():
+                write_status(self.folder, "running", heartbeat=now(), **self.extra)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            self._write()
+
+    def __enter__(self) -> "Heartbeat":
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:  # no heartbeat may land after the final status
+            self._stop.set()
+
+
+def process_gone(status: Dict[str, Any]) -> bool:
+    """A `running` status whose process is gone: its pid has ended on this host, or, on another host, its
+    heartbeat is more than 3 beats old."""
+    if status.get("status") != "running" or "pid" not in status:
+        return False
+    if status.get("host") == socket.gethostname():
+        try:
+            os.kill(int(status["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    try:
+        beat = datetime.fromisoformat(status.get("heartbeat", ""))
+    except ValueError:
+        return False
+    return (datetime.now(timezone.utc) - beat).total_seconds() > 3 * HEARTBEAT_SECONDS
+
+
 def environment() -> Dict[str, Any]:
     versions = {}
     for package in ("transfer-cli", "torch", "transformers", "datasets", "accelerate", "hydra-core", "scikit-learn"):
@@ -79,7 +136,10 @@ def environment() -> Dict[str, Any]:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, "git_sha": _git_sha()}
+    import torch
+
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, "git_sha": _git_sha(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count()}
 
 
 def _git_sha() -> str | None:

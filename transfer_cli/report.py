@@ -20,7 +20,7 @@ import pandas as pd
 
 from .console import print_table
 from .errors import TransferError
-from .outputs import read_json, write_atomic
+from .outputs import process_gone, read_json, write_atomic
 
 CONFIG = ["strategy", "peft", "model", "source", "target", "protocol"]
 BASELINE, ORACLE = "source_only", "target_oracle"
@@ -43,8 +43,8 @@ def collect(paths: List[Path]) -> Tuple[pd.DataFrame, pd.DataFrame]:
                 overrides = folder / ".hydra" / "overrides.yaml"
                 other.append({
                     "folder": str(folder),
-                    "status": status.get("status", "unknown") if status.get("status") != "running" else "running or interrupted",
-                    "error": status.get("error", ""),
+                    "status": _status(status),
+                    "error": status.get("error", "") or _interruption(status),
                     "overrides": " ".join(line[2:].strip() for line in overrides.read_text().splitlines()
                                           if line.startswith("- ")) if overrides.exists() else "",
                 })
@@ -55,6 +55,23 @@ def collect(paths: List[Path]) -> Tuple[pd.DataFrame, pd.DataFrame]:
         runs = runs.drop_duplicates("folder").sort_values(["finished", "folder"]).drop_duplicates([*CONFIG, "seed"], keep="last")
         runs["pair"] = runs["source"] + "→" + runs["target"]
     return runs, pd.DataFrame(other, columns=["folder", "status", "error", "overrides"])
+
+
+def _status(status: dict) -> str:
+    """running, or interrupted where the process is gone (killed with no chance to say so)."""
+    if process_gone(status):
+        return "interrupted"
+    if status.get("status") == "running" and "pid" not in status:  # written before heartbeats existed
+        return "running or interrupted"
+    return status.get("status", "unknown")
+
+
+def _interruption(status: dict) -> str:
+    if status.get("status") == "interrupted" and status.get("signal"):
+        return f"{status['signal']} after {status.get('epochs_completed', 0)} epochs; run it again to resume"
+    if process_gone(status):
+        return f"process {status.get('pid')} on {status.get('host')} is gone; run it again to resume"
+    return ""
 
 
 def summarise(runs: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -30,28 +30,33 @@ class TokenizedSet:
 class LengthGroupedSampler(Sampler):
     """Shuffle, sort each window of MEGABATCH batches by length, cut into batches, shuffle the batch order.
     With group=False: plain random batches (the usual recipe, for comparison).
-    With `batch_by` (a group id per example, e.g. its source domain): batches never mix groups."""
+    With `batch_by` (a group id per example, e.g. its source domain): batches never mix groups.
+    The order depends on (seed, epoch) only, so a resumed run sees the same batches (the loop sets the epoch).
+    (No `batch_size` attribute: Accelerate's shards then treat the batches as of varying size, which they are.)"""
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, group: bool = True,
                  batch_by: Optional[np.ndarray] = None):
-        self.lengths, self.batch_size, self.seed, self.group, self.epoch = lengths, batch_size, seed, group, 0
+        self.lengths, self.size, self.seed, self.group, self.epoch = lengths, batch_size, seed, group, 0
         self.parts = [np.arange(len(lengths))] if batch_by is None else [np.flatnonzero(batch_by == g) for g in np.unique(batch_by)]
 
     def __len__(self) -> int:
-        return sum(-(-len(part) // self.batch_size) for part in self.parts)
+        return sum(-(-len(part) // self.size) for part in self.parts)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[List[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
+        self.epoch += 1  # used alone, the next pass reshuffles
         batches = []
         for part in self.parts:
             order = part[rng.permutation(len(part))]
-            window = self.batch_size * MEGABATCH if self.group else len(order)
+            window = self.size * MEGABATCH if self.group else len(order)
             for start in range(0, len(order), window):
                 chunk = order[start : start + window]
                 if self.group:
                     chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-                batches += [chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+                batches += [chunk[i : i + self.size].tolist() for i in range(0, len(chunk), self.size)]
         for b in rng.permutation(len(batches)):
             yield batches[b]
 
@@ -78,7 +83,9 @@ class Collate:
 def train_loader(data: TokenizedSet, batch_size: int, seed: int, pad_id: int, group: bool = True,
                  batch_by: Optional[np.ndarray] = None) -> DataLoader:
     sampler = LengthGroupedSampler(data.lengths, batch_size, seed, group, batch_by)
-    return DataLoader(range(len(data)), batch_sampler=sampler, collate_fn=Collate(data, pad_id))
+    # its own generator: iterating must not draw from the global RNG (dropout), or a resumed run would differ
+    return DataLoader(range(len(data)), batch_sampler=sampler, collate_fn=Collate(data, pad_id),
+                      generator=torch.Generator())
 
 
 def eval_loader(data: TokenizedSet, batch_size: int, pad_id: int) -> DataLoader:

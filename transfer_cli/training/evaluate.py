@@ -13,14 +13,21 @@ from ..data.batching import TokenizedSet, eval_loader
 
 @torch.no_grad()
 def infer(fn: Callable[..., torch.Tensor], data: TokenizedSet, batch_size: int, pad_id: int, accelerator) -> torch.Tensor:
-    """`fn(input_ids, attention_mask)` on every example (float32, on the CPU), in the set's order."""
-    index, outputs = [], []
-    for batch in eval_loader(data, batch_size, pad_id):
+    """`fn(input_ids, attention_mask)` on every example (float32, on the CPU), in the set's order. With several
+    processes each evaluates its shard of the batches and every process gets all the outputs; the batches that
+    Accelerate repeats to even the shards out are dropped by example index, so each example counts once."""
+    pieces = []
+    for batch in accelerator.prepare_data_loader(eval_loader(data, batch_size, pad_id), device_placement=True):
         with accelerator.autocast():
-            out = fn(batch["input_ids"].to(accelerator.device), batch["attention_mask"].to(accelerator.device))
-        outputs.append(out.float().cpu())
-        index.append(batch["index"])
-    return torch.cat(outputs)[torch.cat(index).argsort()]
+            out = fn(batch["input_ids"], batch["attention_mask"])
+        pieces.append((batch["index"].cpu(), out.float().cpu()))
+    if accelerator.num_processes > 1:
+        pieces = accelerator.gather_for_metrics(pieces, use_gather_object=True)
+    index, outputs = torch.cat([i for i, _ in pieces]), torch.cat([o for _, o in pieces])
+    position = torch.full((len(data),), -1, dtype=torch.long)
+    position[index] = torch.arange(len(index))  # a repeated example: any of its (equal) outputs
+    assert (position >= 0).all(), "an example was not evaluated"
+    return outputs[position]
 
 
 def predict(model, data: TokenizedSet, batch_size: int, pad_id: int, accelerator) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -7,9 +7,9 @@ import itertools
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -20,7 +20,9 @@ from ..data.batching import TokenizedSet, train_loader
 from ..models import gradual_unfreeze
 from ..strategies import Context, Phase, Strategy
 from . import validators
+from .checkpoint import Checkpoints
 from .evaluate import classification_scores, predict
+from .signals import StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +67,196 @@ def _progress_bar(disable: bool) -> Progress:
     )
 
 
-def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, tokenizer, progress_bar: bool = True) -> FitResult:
+@dataclass
+class PhaseState:
+    """Where a phase is: what a checkpoint saves and a resumed run continues from."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches of the current epoch done (a checkpoint taken mid-epoch, on a signal)
+    step: int = 0  # optimiser steps
+    drawn: int = 0  # unlabelled batches drawn
+    losses: List[float] = field(default_factory=list)  # the current epoch's, so far
+    logs_sum: Dict[str, float] = field(default_factory=dict)
+    best_score: float = -math.inf
+    best_row: Optional[Dict[str, Any]] = None
+    stale: int = 0
+    done: bool = False
+
+
+def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, tokenizer, progress_bar: bool = True,
+        checkpoints: Optional[Checkpoints] = None, stop: Optional[StopSignals] = None,
+        on_epoch: Optional[Callable[[List[Dict[str, Any]]], None]] = None) -> FitResult:
     """Train through the strategy's phases; each phase ends with its selected checkpoint restored.
-    Without `progress_bar` (parallel jobs sharing one terminal), the epoch log lines show the progress."""
+    With `checkpoints`, every epoch (and a stop signal) saves one, and a saved one is resumed from. `on_epoch` gets
+    the history after each epoch. Without `progress_bar` (parallel jobs sharing one terminal), the epoch log lines
+    show the progress."""
     result = FitResult()
     ctx = Context(cfg.train.epochs, cfg.seed, Path(cfg.paths.cache_dir).expanduser(), accelerator, tokenizer,
                   cfg.train.eval_batch_size)
-    # the prepared module (device, autocast, DDP when distributed) computes the loss; the plain one is for the rest
-    step = accelerator.prepare_model(strategy)
-    with _progress_bar(disable=not progress_bar) as bar:
+    saved = checkpoints.position() if checkpoints is not None else None
+    if saved:
+        result = FitResult(**saved["result"])
+        log.info("resuming from %s: phase %d, epoch %d, batch %d", checkpoints.path, saved["phase"] + 1,
+                 saved["state"]["epoch"], saved["state"]["batch"])
+    run = _Run(strategy, data, cfg, ctx, result, checkpoints, stop or StopSignals(), on_epoch)
+    with _progress_bar(disable=not progress_bar) as run.bar:
         for number, phase in enumerate(strategy.phases(data, ctx)):
             if len(phase.train) == 0:
                 raise TransferError(f"phase '{phase.name}' has no examples to train on; use more data")
             strategy.start_phase(phase)
-            result.final = _fit_phase(strategy, step, phase, number, data, ctx, cfg, bar, result)
+            if saved and number < saved["phase"]:  # trained before the interruption: its end state, as it was
+                checkpoints.restore_phase_end(number, strategy)
+                continue
+            state = PhaseState(**saved["state"]) if saved and number == saved["phase"] else PhaseState()
+            result.final = run.phase(phase, number, state, resume=bool(saved) and number == saved["phase"])
+            if checkpoints is not None:
+                checkpoints.save_phase_end(number, strategy)
     return result
 
 
+class _Unlabelled:
+    """Unlabelled batches without end (pass after pass, each reshuffled), resumable at any count. Sharded over the
+    processes like the labelled loader, but not a prepared loader: one that never ends must stay out of
+    Accelerate's end-of-dataloader bookkeeping, which times the accumulation and the metrics gathering."""
+
+    def __init__(self, data: TokenizedSet, seed: int, cfg, ctx: Context, drawn: int):
+        from accelerate.data_loader import BatchSamplerShard
+
+        loader = train_loader(data, cfg.train.batch_size, seed, ctx.pad_id, cfg.train.group_by_length)
+        self.sampler, self.collate, self.device = loader.batch_sampler, loader.collate_fn, ctx.accelerator.device
+        self.shard = BatchSamplerShard(self.sampler, ctx.accelerator.num_processes, ctx.accelerator.process_index)
+        self.drawn, self._batches = drawn, None
+
+    def __next__(self) -> dict:
+        per_pass = len(self.shard)
+        if self._batches is None or self.drawn % per_pass == 0:
+            passes, offset = divmod(self.drawn, per_pass)
+            self.sampler.set_epoch(passes)
+            self._batches = itertools.islice(iter(self.shard), offset, None)
+        self.drawn += 1
+        return {k: v.to(self.device) for k, v in self.collate(next(self._batches)).items()}
+
+
+class _Run:
+    def __init__(self, strategy, data, cfg, ctx, result, checkpoints, stop, on_epoch):
+        self.strategy, self.data, self.cfg, self.ctx, self.result = strategy, data, cfg, ctx, result
+        self.checkpoints, self.stop, self.on_epoch, self.bar = checkpoints, stop, on_epoch, None
+        # The module that computes the loss: on the device, with autocast, and under DDP with several processes.
+        # Wrapped once, before any phase, over every parameter that trains in some phase (modules that a phase
+        # creates later, such as ADDA's frozen source encoder, do not train).
+        self.step_fn = ctx.accelerator.prepare_model(strategy)
+
+    def phase(self, phase: Phase, number: int, state: PhaseState, resume: bool) -> Dict[str, Any]:
+        strategy, cfg, accelerator, result = self.strategy, self.cfg, self.ctx.accelerator, self.result
+        train = cfg.train
+        model = phase.model or strategy.model
+        loader = train_loader(phase.train, train.batch_size, cfg.seed + number, self.ctx.pad_id,
+                              train.group_by_length, phase.batch_by)
+        sampler, loader = loader.batch_sampler, accelerator.prepare_data_loader(loader, device_placement=True)
+        accelerator.gradient_accumulation_steps = train.grad_accum_steps
+        total_steps = math.ceil(len(loader) / train.grad_accum_steps) * phase.epochs
+        optimizer = accelerator.prepare_optimizer(_optimizer(strategy, train, phase.lr))
+        scheduler = accelerator.prepare_scheduler(
+            _warmup_then_linear_decay(optimizer, int(train.warmup_ratio * total_steps), total_steps))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        best_state = self.checkpoints.restore(strategy, optimizer, scheduler) if resume else None
+        log.info("phase '%s': %d epochs of %d batches; global batch %d = %d per process x %d processes x %d "
+                 "accumulation steps", phase.name, phase.epochs, len(loader),
+                 train.batch_size * accelerator.num_processes * train.grad_accum_steps, train.batch_size,
+                 accelerator.num_processes, train.grad_accum_steps)
+        unlabelled = None
+        if phase.unlabelled is not None:
+            unlabelled = _Unlabelled(phase.unlabelled, cfg.seed + 1000 + number, cfg, self.ctx, state.drawn)
+
+        for epoch in range(state.epoch + 1, phase.epochs + 1):
+            if state.done:
+                break
+            task = self.bar.add_task(f"{phase.name} {epoch}/{phase.epochs}", total=len(loader), loss=float("nan"),
+                                     completed=state.batch)
+            if cfg.model.gradual_unfreezing:
+                gradual_unfreeze(model, epoch, trainable)
+            strategy.train()
+            loader.set_epoch(epoch - 1)
+            batches = accelerator.skip_first_batches(loader, state.batch) if state.batch else loader
+            sampler.set_epoch(epoch - 1)  # also where a skipping loader cannot reach it
+            accelerator.step = state.batch % train.grad_accum_steps  # the accumulation's count, when resumed
+            start = time.perf_counter()
+            with self.stop.deferred():
+                for batch in batches:
+                    with accelerator.accumulate(self.step_fn):
+                        with accelerator.autocast():
+                            loss, logs = self.step_fn(batch, next(unlabelled) if unlabelled else None,
+                                                 state.step / max(1, total_steps))
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:
+                            if train.max_grad_norm > 0:
+                                accelerator.clip_grad_norm_(strategy.parameters(), train.max_grad_norm)
+                            state.step += 1
+                        optimizer.step()
+                        if accelerator.sync_gradients:
+                            scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    state.batch += 1
+                    state.drawn = unlabelled.drawn if unlabelled else 0
+                    state.losses.append(loss.item())
+                    for k, v in logs.items():
+                        state.logs_sum[k] = state.logs_sum.get(k, 0.0) + v
+                    self.bar.update(task, advance=1, loss=sum(state.losses[-20:]) / len(state.losses[-20:]))
+                    signum = self.stop.pending(accelerator)
+                    if signum:
+                        result.train_seconds += time.perf_counter() - start
+                        start = time.perf_counter()
+                        self._checkpoint(number, state, strategy, optimizer, scheduler, best_state)
+                        self.stop.stop(signum, checkpointed=self.checkpoints is not None)
+            result.train_seconds += time.perf_counter() - start
+            result.train_samples += len(phase.train)
+
+            strategy.eval()
+            row = {"phase": phase.name, "epoch": epoch, "train_loss": sum(state.losses) / len(state.losses),
+                   "lr": scheduler.get_last_lr()[0], **{k: v / len(state.losses) for k, v in state.logs_sum.items()}}
+            row.update(_score_epoch(model, self.data, phase, self.ctx, result))
+            criterion = phase.selection or cfg.selection.value
+            score = _selection_score(criterion, row, epoch)
+            row.update(selection=criterion, selection_score=score)
+            result.history.append(row)
+            accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                            step=len(result.history))
+            log.info(
+                "%s epoch %d/%d: loss %.4f, source val acc %.4f, target test acc %.4f, %s score %.4f",
+                phase.name, epoch, phase.epochs, row["train_loss"], row["source_val_accuracy"],
+                row["target_test_accuracy"], criterion, score,
+            )
+            state.epoch, state.batch, state.losses, state.logs_sum = epoch, 0, [], {}
+            if state.best_row is None or score > state.best_score:
+                state.best_score, state.best_row, state.stale = score, row, 0
+                # a copy, unless these are the phase's last weights anyway
+                best_state = None if epoch == phase.epochs else {
+                    k: v.detach().to("cpu", copy=True) for k, v in strategy.state_dict().items()}
+            else:
+                state.stale += 1
+                if state.stale >= train.patience:
+                    log.info("%s: early stop after epoch %d (no gain in %s for %d epochs)", phase.name, epoch,
+                             criterion, state.stale)
+                    state.done = True
+            state.done = state.done or epoch == phase.epochs
+            self._checkpoint(number, state, strategy, optimizer, scheduler, best_state)
+            if self.on_epoch is not None and accelerator.is_main_process:
+                self.on_epoch(result.history)
+            signum = self.stop.pending(accelerator)  # a signal during the evaluation
+            if signum:
+                self.stop.stop(signum, checkpointed=self.checkpoints is not None)
+        if best_state is not None:
+            strategy.load_state_dict(best_state)
+        for p in trainable:  # gradual unfreezing ends with everything the phase trained unfrozen
+            p.requires_grad_(True)
+        state.best_row["selected"] = True
+        return state.best_row
+
+    def _checkpoint(self, number: int, state: PhaseState, strategy, optimizer, scheduler, best_state) -> None:
+        if self.checkpoints is None:
+            return
+        position = {"phase": number, "state": asdict(state), "result": asdict(self.result)}
+        self.checkpoints.save(position, strategy, optimizer, scheduler, best_state)
 def _predict(model, data: TokenizedSet, ctx: Context, result: FitResult):
     start = time.perf_counter()
     features, logits = predict(model, data, ctx.eval_batch_size, ctx.pad_id, ctx.accelerator)
@@ -113,80 +288,3 @@ def _selection_score(criterion: str, row: Dict[str, float], epoch: int) -> float
     if criterion == "target_val":
         return row["target_val_accuracy"]
     return validators.score(criterion, row)
-
-
-def _fit_phase(strategy, step_fn, phase: Phase, number: int, data: RunData, ctx: Context, cfg, bar, result: FitResult):
-    train, accelerator, pad_id = cfg.train, ctx.accelerator, ctx.pad_id
-    model = phase.model or strategy.model
-    loader = train_loader(phase.train, train.batch_size, cfg.seed + number, pad_id, train.group_by_length, phase.batch_by)
-    steps_per_epoch = math.ceil(len(loader) / train.grad_accum_steps)
-    total_steps = steps_per_epoch * phase.epochs
-    optimizer = accelerator.prepare_optimizer(_optimizer(strategy, train, phase.lr))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    scheduler = _warmup_then_linear_decay(optimizer, int(train.warmup_ratio * total_steps), total_steps)
-    unlabelled = None
-    if phase.unlabelled is not None:
-        unlabelled = itertools.chain.from_iterable(
-            itertools.repeat(train_loader(phase.unlabelled, train.batch_size, cfg.seed + 1000 + number, pad_id,
-                                          train.group_by_length))
-        )
-    to_device = lambda b: {k: v.to(accelerator.device) for k, v in b.items()}  # noqa: E731
-
-    best_score, best_state, best_row, stale = -math.inf, None, None, 0
-    step = 0
-    for epoch in range(1, phase.epochs + 1):
-        task = bar.add_task(f"{phase.name} {epoch}/{phase.epochs}", total=len(loader), loss=float("nan"))
-        if cfg.model.gradual_unfreezing:
-            gradual_unfreeze(model, epoch, trainable)
-        strategy.train()
-        start, losses, logs_sum = time.perf_counter(), [], {}
-        for i, batch in enumerate(loader):
-            progress = step / max(1, total_steps)
-            with accelerator.autocast():
-                loss, logs = step_fn(to_device(batch), to_device(next(unlabelled)) if unlabelled else None, progress)
-            group_start = i - i % train.grad_accum_steps  # the last group of an epoch may be shorter
-            accelerator.backward(loss / min(train.grad_accum_steps, len(loader) - group_start))
-            if (i + 1) % train.grad_accum_steps == 0 or i + 1 == len(loader):
-                if train.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(strategy.parameters(), train.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-            losses.append(loss.item())
-            for k, v in logs.items():
-                logs_sum[k] = logs_sum.get(k, 0.0) + v
-            bar.update(task, advance=1, loss=sum(losses[-20:]) / len(losses[-20:]))
-        result.train_seconds += time.perf_counter() - start
-        result.train_samples += len(phase.train)
-
-        strategy.eval()
-        row = {"phase": phase.name, "epoch": epoch, "train_loss": sum(losses) / len(losses),
-               "lr": scheduler.get_last_lr()[0], **{k: v / len(losses) for k, v in logs_sum.items()}}
-        row.update(_score_epoch(model, data, phase, ctx, result))
-        criterion = phase.selection or cfg.selection.value
-        score = _selection_score(criterion, row, epoch)
-        row.update(selection=criterion, selection_score=score)
-        result.history.append(row)
-        log.info(
-            "%s epoch %d/%d: loss %.4f, source val acc %.4f, target test acc %.4f, %s score %.4f",
-            phase.name, epoch, phase.epochs, row["train_loss"], row["source_val_accuracy"], row["target_test_accuracy"],
-            criterion, score,
-        )
-        if best_row is None or score > best_score:
-            best_score, best_row, stale = score, row, 0
-            if epoch < phase.epochs:  # the last epoch's weights are already in place
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in strategy.state_dict().items()}
-            else:
-                best_state = None
-        else:
-            stale += 1
-            if stale >= train.patience:
-                log.info("%s: early stop after epoch %d (no gain in %s for %d epochs)", phase.name, epoch, criterion, stale)
-                break
-    if best_state is not None:
-        strategy.load_state_dict(best_state)
-    for p in trainable:  # gradual unfreezing ends with everything the phase trained unfrozen
-        p.requires_grad_(True)
-    best_row["selected"] = True
-    return best_row

@@ -1,0 +1,76 @@
+"""The precision rule: bf16 on a CPU only where it is native, recorded with its reason; forced bf16 warns."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from transfer_cli import hardware
+from transfer_cli.hardware import choose_precision, cpu_native_bf16, resolve_precision
+
+from .conftest import SMALL
+
+
+@pytest.mark.parametrize("onednn, avx512_bf16, amx, machine, native", [
+    (False, False, False, "x86_64", False),  # AVX2 only: oneDNN has no bf16 at all
+    (True, False, False, "x86_64", False),  # plain AVX512: oneDNN says yes, but emulates bf16
+    (True, True, False, "x86_64", True),  # AVX512-BF16
+    (True, False, True, "x86_64", True),  # AMX
+    (True, False, False, "aarch64", True),  # ARM: oneDNN's answer is the CPU's bf16 instructions
+    (False, False, False, "aarch64", False),
+])
+def test_native_bf16_detection(monkeypatch, onednn, avx512_bf16, amx, machine, native):
+    monkeypatch.setattr(hardware, "_onednn_bf16", lambda: onednn)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(hardware.platform, "machine", lambda: machine)
+    assert cpu_native_bf16() is native
+
+
+def cpu(monkeypatch, capability: str, native: bool) -> None:
+    monkeypatch.setattr(hardware, "cpu_native_bf16", lambda: native)
+    monkeypatch.setattr(hardware, "cpu_capability", lambda: capability)
+
+
+def test_avx2_cpu_trains_in_fp32(monkeypatch):
+    cpu(monkeypatch, "AVX2", native=False)
+    assert choose_precision("auto", "cpu") == ("fp32", "fp32: this CPU has no native bf16 (AVX2)")
+
+
+def test_native_bf16_cpu_trains_in_bf16(monkeypatch):
+    cpu(monkeypatch, "AVX512", native=True)
+    assert choose_precision("auto", "cpu") == ("bf16", "bf16: this CPU has native bf16 (AVX512)")
+
+
+def test_forced_bf16_on_an_emulating_cpu_warns(monkeypatch, caplog):
+    cpu(monkeypatch, "AVX2", native=False)
+    with caplog.at_level(logging.WARNING):
+        assert resolve_precision("bf16", "cpu") == "bf16"
+    assert "emulated and much slower" in caplog.text and "AVX2" in caplog.text
+    caplog.clear()
+    cpu(monkeypatch, "AVX512", native=True)
+    with caplog.at_level(logging.WARNING):
+        resolve_precision("bf16", "cpu")
+    assert caplog.text == ""
+
+
+def test_cuda_without_bf16_uses_fp16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert choose_precision("auto", "cuda")[0] == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert choose_precision("auto", "cuda")[0] == "bf16"
+
+
+def test_the_decision_is_logged_and_recorded(cli, tmp_path):
+    out = cli("run", "hardware=cpu", "source=books", "target=dvd", *SMALL)
+    assert out.returncode == 0, out.stderr
+    (folder,) = [p.parent for p in (tmp_path / "outputs").rglob("metrics.json")]
+    metrics, env = (json.loads((folder / name).read_text()) for name in ("metrics.json", "env.json"))
+    expected, why = choose_precision("auto", "cpu")
+    assert metrics["precision"] == env["precision"] == expected
+    assert metrics["precision_reason"] == env["precision_reason"] == why
+    assert metrics["cpu_capability"] == env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert (folder / "run.log").read_text().count(f"precision {why}") == 1
