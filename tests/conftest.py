@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data in ../shared/data, an isolated cache, a tiny random-weight model, the CLI runner."""
+"""Shared fixtures: the slice of real data shipped in tests/data, the full data for `-m full_data`, an isolated cache,
+a tiny random-weight model, the CLI runner."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("TRANSFER_DATA_DIR", REPO.parent / "shared" / "data"))
+# The slice every test runs on: 50 + 50 reviews of each Blitzer domain and 100 IMDB reviews, byte for byte from the
+# real files (tests/data/README.md; scripts/make_test_data.py regenerates it).
+SLICE_DIR = Path(__file__).resolve().parent / "data"
+# The full data, for the tests marked full_data only (deselected unless `-m` names full_data).
+FULL_DATA_DIR = Path(os.environ.get("TRANSFER_DATA_DIR") or REPO.parent / "shared" / "data")
 # Small slices of real data and the tiny model: seconds per run on 2 cores.
 SMALL = ["model=tiny", "data.max_length=64", "data.max_source_train=48", "data.max_source_val=24",
          "data.max_target_pool=32", "data.max_target_test=32", "train.epochs=1", "train.batch_size=16"]
@@ -23,11 +28,29 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked full_data run only when `-m` names the marker: `python -m pytest -m full_data`."""
+    if "full_data" in (config.option.markexpr or ""):
+        return
+    deselected = [item for item in items if item.get_closest_marker("full_data")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("full_data")]
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    if not (DATA_DIR / "amazon-multi-domain").is_dir():
-        pytest.skip(f"real data not found at {DATA_DIR} (set TRANSFER_DATA_DIR)")
-    return DATA_DIR
+    """The shipped slice of real data: every test runs on it, in any clone, with no data folder."""
+    assert (SLICE_DIR / "amazon-multi-domain").is_dir(), f"the test data slice is missing from {SLICE_DIR}"
+    return SLICE_DIR
+
+
+@pytest.fixture(scope="session")
+def full_data_dir() -> Path:
+    """The full data (TRANSFER_DATA_DIR, else ../shared/data), for tests marked full_data."""
+    if not (FULL_DATA_DIR / "amazon-multi-domain").is_dir():
+        pytest.skip(f"full data not found at {FULL_DATA_DIR} (set TRANSFER_DATA_DIR)")
+    return FULL_DATA_DIR
 
 
 @pytest.fixture(scope="session")
@@ -35,12 +58,18 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-@pytest.fixture
-def cli_env(cache_dir, data_dir) -> dict:
-    """The environment of a CLI subprocess: offline, on the real data, with an isolated cache."""
+@pytest.fixture(scope="session")
+def session_env(cache_dir, data_dir) -> dict:
+    """The environment of a CLI subprocess: offline, on the slice of real data, with an isolated cache."""
     env = {**os.environ, "TRANSFER_DATA_DIR": str(data_dir), "TRANSFER_CACHE_DIR": str(cache_dir), "COLUMNS": "200"}
     env.pop("HYDRA_FULL_ERROR", None)
     return env
+
+
+@pytest.fixture
+def cli_env(session_env) -> dict:
+    """session_env, a copy per test."""
+    return dict(session_env)
 
 
 @pytest.fixture
@@ -85,6 +114,6 @@ def ctx(tmp_path, tokenizer):
     from transfer_cli.hardware import setup
     from transfer_cli.strategies import Context
 
-    accelerator, _, _ = setup(HardwareConfig(name="cpu", device=Device.cpu, precision=Precision.fp32), 0)
+    accelerator = setup(HardwareConfig(name="cpu", device=Device.cpu, precision=Precision.fp32), 0).accelerator
     return Context(epochs=1, seed=0, cache_dir=tmp_path / "cache", accelerator=accelerator,
                    tokenizer=tokenizer, eval_batch_size=32)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 
 from transfer_cli.analyze import proxy_a_distance
 
-from .conftest import SMALL
+from .conftest import SMALL, TRANSFER
 from .test_errors import assert_clean_error
 
 
@@ -20,23 +22,31 @@ def test_proxy_a_distance_convention():
     assert 0 <= same < 0.3 and apart == pytest.approx(2.0)
 
 
-def test_analyze_source_only_and_dann_runs(cli, tmp_path):
-    out = cli("run", "-m", "strategy=source_only,dann", "source=books", "target=dvd", "train.save_model=true", *SMALL)
+@pytest.fixture(scope="module")
+def saved_runs(tmp_path_factory, session_env):
+    """A source_only and a dann run with their models saved (one multirun for both tests)."""
+    root = tmp_path_factory.mktemp("saved-runs")
+    out = subprocess.run([*TRANSFER, "run", "-m", "strategy=source_only,dann", "source=books", "target=dvd",
+                          "train.save_model=true", *SMALL], cwd=root, env=session_env, capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stderr
-    runs = sorted(str(p.parent) for p in tmp_path.rglob("model.pt"))
-    out = cli("analyze", *runs, "--max-examples", "24")
+    return sorted(p.parent for p in root.rglob("model.pt"))
+
+
+def test_analyze_source_only_and_dann_runs(cli, saved_runs):
+    out = cli("analyze", *map(str, saved_runs), "--max-examples", "20")  # the slice's source validation: 20 reviews
     assert out.returncode == 0, out.stderr
     assert "proxy A-distance" in out.stdout and "dann" in out.stdout and "source_only" in out.stdout
-    for run in runs:
-        analysis = json.loads((tmp_path / run / "analysis.json").read_text())
+    for run in saved_runs:
+        analysis = json.loads((run / "analysis.json").read_text())
         assert 0 <= analysis["pad_before"] <= 2 and 0 <= analysis["pad_after"] <= 2
-        assert analysis["source_examples"] == analysis["target_examples"] == 24
-        assert (tmp_path / run / "analysis_tsne.png").read_bytes()[:4] == b"\x89PNG"
+        assert analysis["source_examples"] == analysis["target_examples"] == 20
+        assert (run / "analysis_tsne.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_analyze_errors(cli, tmp_path):
+def test_analyze_errors(cli, tmp_path, saved_runs):
     assert_clean_error(cli("analyze", str(tmp_path)), tmp_path, "not a run folder")
-    out = cli("run", "source=books", "target=dvd", *SMALL)
-    (run,) = [p.parent for p in tmp_path.rglob("metrics.json")]
+    run = tmp_path / "run"  # a run saved without its model
+    shutil.copytree(saved_runs[0], run, ignore=shutil.ignore_patterns("model.pt"))
     out = cli("analyze", str(run))
     assert out.returncode == 2 and "train.save_model=true" in out.stderr

@@ -60,14 +60,21 @@ def test_tab_completion(cli):
     assert out.stdout.split() == ["target=movies"]
 
 
-@pytest.mark.slow
+# The demo's own settings on fewer reviews, with the tiny model (a few seconds a job); fp32 on any CPU.
+DEMO_QUICK = ["experiment=demo", "model=tiny", "hardware=cpu_fp32", "train.lr=3e-3", "train.epochs=5",
+              "data.max_source_train=480", "data.max_source_val=60", "data.max_target_test=300",
+              "data.max_target_validation=100"]
+
+
 def test_demo_oracle_beats_source_only(cli, tmp_path):
-    """The offline quickstart, with the default model: the demo's shift is real and measurable."""
-    out = cli("run", "-m", "experiment=demo", "strategy=source_only,target_oracle", env={"TRANSFER_DATA_DIR": str(tmp_path / "none")})
+    """The offline quickstart's promise: the generated shift is real, so a model trained on the films' own labels
+    beats one trained on gadgets by far: by 0.43 to 0.55 over seeds 0-4, oracle 0.89 to 0.92. With a target drawn from
+    the gadgets instead (no shift), the same commands differ by 0.00 to 0.02, and this test fails."""
+    out = cli("run", "-m", "strategy=source_only,target_oracle", *DEMO_QUICK, env={"TRANSFER_DATA_DIR": str(tmp_path / "none")})
     assert out.returncode == 0, out.stderr
     accuracy = {m["strategy"]: m["target_test_accuracy"]
                 for m in (json.loads(p.read_text()) for p in tmp_path.rglob("metrics.json"))}
-    assert accuracy["target_oracle"] > accuracy["source_only"] + 0.15, accuracy
+    assert accuracy["target_oracle"] > 0.8 and accuracy["target_oracle"] > accuracy["source_only"] + 0.25, accuracy
 
 
 def test_single_run_writes_every_output(cli, tmp_path):
@@ -102,10 +109,17 @@ def test_multirun_leaves_one_folder_per_job(cli, tmp_path):
 
 
 def test_sweep_over_hardware_in_one_process(cli, tmp_path):
-    out = cli("run", "-m", "hardware=cpu,cpu_fp32", "source=books", "target=dvd", *SMALL)
+    """Each job of a sweep in one process gets its own hardware option's precision (the Accelerate state is reset
+    per job): a forced bf16, cpu_fp32, and cpu, which resolves as this CPU allows (bf16 where it is native)."""
+    from transfer_cli.hardware import resolve_precision
+
+    (tmp_path / "cfg" / "hardware").mkdir(parents=True)
+    (tmp_path / "cfg" / "hardware" / "cpu_bf16.yaml").write_text("name: cpu_bf16\ndevice: cpu\nprecision: bf16\nthreads: 0\n")
+    out = cli("run", "-m", "--config-dir", "cfg", "hardware=cpu_bf16,cpu_fp32,cpu", "source=books", "target=dvd", *SMALL)
     assert out.returncode == 0, out.stderr
-    precisions = sorted(json.loads(p.read_text())["precision"] for p in tmp_path.rglob("metrics.json"))
-    assert precisions == ["bf16", "fp32"]
+    precisions = {m["hardware"]: m["precision"] for m in (json.loads(p.read_text()) for p in tmp_path.rglob("metrics.json"))}
+    # hardware=cpu: this CPU's rule, computed here (bf16 or fp32)
+    assert precisions == {"cpu_bf16": "bf16", "cpu_fp32": "fp32", "cpu": resolve_precision("auto", "cpu")}
 
 
 def test_multi_source_run(cli, tmp_path):
@@ -139,14 +153,18 @@ def test_transductive_protocol_is_recorded(cli, tmp_path):
     assert out.returncode == 0, out.stderr
     (folder,) = run_folders(tmp_path / "outputs")
     metrics = json.loads((folder / "metrics.json").read_text())
-    # all 2000 target reviews, less the 20 whose labels the few-shot phase trained on
-    assert metrics["protocol"] == "transductive" and metrics["target_test_size"] == 1980
+    # all 100 target reviews of the slice, less the 20 whose labels the few-shot phase trained on
+    assert metrics["protocol"] == "transductive" and metrics["target_test_size"] == 80
 
 
 STRATEGIES = sorted(group_options("strategy", [CONFIG_DIR]))
 
 
-@pytest.mark.parametrize("domains", [["source=[books,dvd]", "target=kitchen", *SMALL],
+# 32-token real reviews, 32 per source: distill's default MiniLM teacher is the costliest job (a third of the sweep)
+REAL_SHORT = ["data.max_length=32", "data.max_source_train=32", "data.max_source_val=16"]
+
+
+@pytest.mark.parametrize("domains", [["source=[books,dvd]", "target=kitchen", *SMALL, *REAL_SHORT],
                                      ["experiment=demo", *SMALL, "data.max_source_train=64"]], ids=["real", "demo"])
 def test_every_strategy_runs_from_the_cli(cli, tmp_path, domains):
     """One multirun over the whole suite, with the strategies' own defaults: on two real sources, and on the demo."""

@@ -1,7 +1,11 @@
-"""Domain loaders on the real files in ../shared/data, on user files, and the generated demo domains."""
+"""Domain loaders on the real files (the shipped slice; the full data with -m full_data), on user files, and the
+generated demo domains."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -12,17 +16,30 @@ from transfer_cli.data import synthetic
 from transfer_cli.data.loaders import load_domain, parse_blitzer
 from transfer_cli.errors import TransferError
 
+from .conftest import REPO
+
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 BLITZER = ["books", "dvd", "electronics", "kitchen"]
+
+
+def check_blitzer(root, name, per_label):
+    ex = load_domain(DomainConfig(name=name, loader="blitzer", path=f"amazon-multi-domain/{name}"), root)
+    assert len(ex) == 2 * per_label
+    assert np.bincount(ex.labels).tolist() == [per_label, per_label]
+    assert all(t.strip() for t in ex.texts)
+    assert not any(CONTROL.search(t) for t in ex.texts)  # the slice's dvd/positive.review holds a \x1a
+    assert not any("<review_text>" in t or "</title>" in t for t in ex.texts)
 
 
 @pytest.mark.parametrize("name", BLITZER)
 def test_blitzer_real_files(data_dir, name):
-    ex = load_domain(DomainConfig(name=name, loader="blitzer", path=f"amazon-multi-domain/{name}"), data_dir)
-    assert len(ex) == 2000
-    assert np.bincount(ex.labels).tolist() == [1000, 1000]
-    assert all(t.strip() for t in ex.texts)
-    assert not any(ch in t for t in ex.texts for ch in "\x00\x07\x0b")
-    assert not any("<review_text>" in t or "</title>" in t for t in ex.texts)
+    check_blitzer(data_dir, name, 50)
+
+
+@pytest.mark.full_data
+@pytest.mark.parametrize("name", BLITZER)
+def test_blitzer_full_files(full_data_dir, name):
+    check_blitzer(full_data_dir, name, 1000)
 
 
 def test_blitzer_title_is_prepended(data_dir):
@@ -43,12 +60,34 @@ def test_blitzer_survives_invalid_xml(tmp_path):
     assert ex.labels.tolist() == [0, 1, 1]
 
 
-def test_movies_prefers_local_copy(data_dir):
+def check_movies(root, per_label):
     domain = DomainConfig(name="movies", loader="hub", hub_id="stanfordnlp/imdb", strip_html=True, max_examples=2000,
                           local=LocalCopy(path="imdb-2k/imdb.csv", text_column="reviews", label_column="labels"))
-    ex = load_domain(domain, data_dir)
-    assert len(ex) == 2000 and np.bincount(ex.labels).tolist() == [1000, 1000]
+    assert "<br" in (root / "imdb-2k/imdb.csv").read_text()
+    ex = load_domain(domain, root)
+    assert len(ex) == 2 * per_label and np.bincount(ex.labels).tolist() == [per_label, per_label]
     assert not any("<br" in t for t in ex.texts)
+
+
+def test_movies_prefers_local_copy(data_dir):
+    check_movies(data_dir, 50)
+
+
+@pytest.mark.full_data
+def test_movies_full_local_copy(full_data_dir):
+    check_movies(full_data_dir, 1000)
+
+
+@pytest.mark.full_data
+def test_shipped_slice_is_the_scripts_output(full_data_dir, data_dir, tmp_path):
+    """tests/data is exactly what scripts/make_test_data.py cuts from the full data: byte for byte."""
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_test_data.py"), str(full_data_dir), "--out",
+                    str(tmp_path)], check=True, capture_output=True)
+    made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    shipped = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*") if p.is_file() and p.name != "README.md")
+    assert made == shipped
+    for path in made:
+        assert (tmp_path / path).read_bytes() == (data_dir / path).read_bytes(), path
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "jsonl", "parquet"])
