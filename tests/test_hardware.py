@@ -1,4 +1,5 @@
-"""The precision rule: bf16 on a CPU only where it is native, recorded with its reason; forced bf16 warns."""
+"""The precision rule: bf16 on a CPU only where it is native and measured faster, recorded with its reason; forced
+bf16 on a CPU that emulates it warns."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from transfer_cli import hardware
-from transfer_cli.hardware import choose_precision, cpu_native_bf16, resolve_precision
+from transfer_cli.hardware import bf16_speedup, choose_precision, cpu_native_bf16, resolve_precision
 
 from .conftest import SMALL
 
@@ -30,9 +31,10 @@ def test_native_bf16_detection(monkeypatch, onednn, avx512_bf16, amx, machine, n
     assert cpu_native_bf16() is native
 
 
-def cpu(monkeypatch, capability: str, native: bool) -> None:
+def cpu(monkeypatch, capability: str, native: bool, speedup: float = 1.5) -> None:
     monkeypatch.setattr(hardware, "cpu_native_bf16", lambda: native)
     monkeypatch.setattr(hardware, "cpu_capability", lambda: capability)
+    monkeypatch.setattr(hardware, "bf16_speedup", lambda cache_dir=None: speedup)
 
 
 def test_avx2_cpu_trains_in_fp32(monkeypatch):
@@ -40,9 +42,23 @@ def test_avx2_cpu_trains_in_fp32(monkeypatch):
     assert choose_precision("auto", "cpu") == ("fp32", "fp32: this CPU has no native bf16 (AVX2)")
 
 
-def test_native_bf16_cpu_trains_in_bf16(monkeypatch):
-    cpu(monkeypatch, "AVX512", native=True)
-    assert choose_precision("auto", "cpu") == ("bf16", "bf16: this CPU has native bf16 (AVX512)")
+def test_native_bf16_cpu_trains_in_bf16_where_it_is_faster(monkeypatch):
+    cpu(monkeypatch, "AVX512", native=True, speedup=1.5)
+    assert choose_precision("auto", "cpu") == ("bf16", "bf16: this CPU has native bf16 (AVX512), measured 1.50x "
+                                                       "fp32's speed")
+    cpu(monkeypatch, "AVX512", native=True, speedup=0.7)  # AVX512-BF16 without AMX, as measured here
+    assert choose_precision("auto", "cpu") == ("fp32", "fp32: this CPU has native bf16 (AVX512), but bf16 measured "
+                                                       "0.70x fp32's speed here")
+
+
+def test_the_probe_is_measured_once_per_machine(monkeypatch, tmp_path):
+    calls = []
+    real = hardware._time_block
+    monkeypatch.setattr(hardware, "_time_block", lambda bf16, tokens: calls.append(bf16) or real(bf16, tokens, 1))
+    first = bf16_speedup(tmp_path, tokens=64)
+    assert first > 0 and calls == [False, True]
+    assert bf16_speedup(tmp_path, tokens=64) == first and len(calls) == 2  # from the cache
+    assert (tmp_path / "precision_probe.json").exists()
 
 
 def test_forced_bf16_on_an_emulating_cpu_warns(monkeypatch, caplog):
@@ -69,8 +85,9 @@ def test_the_decision_is_logged_and_recorded(cli, tmp_path):
     assert out.returncode == 0, out.stderr
     (folder,) = [p.parent for p in (tmp_path / "outputs").rglob("metrics.json")]
     metrics, env = (json.loads((folder / name).read_text()) for name in ("metrics.json", "env.json"))
-    expected, why = choose_precision("auto", "cpu")
-    assert metrics["precision"] == env["precision"] == expected
-    assert metrics["precision_reason"] == env["precision_reason"] == why
+    why = metrics["precision_reason"]
+    assert metrics["precision"] == env["precision"] and why == env["precision_reason"]
+    assert why.startswith(f"{metrics['precision']}: this CPU has ")
+    assert ("no native bf16" in why) == (not cpu_native_bf16())  # measured only where bf16 is native
     assert metrics["cpu_capability"] == env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert (folder / "run.log").read_text().count(f"precision {why}") == 1

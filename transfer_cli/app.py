@@ -240,7 +240,8 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str, stop, progr
     strategy_cls, params = strategy_params(OmegaConf.to_container(cfg.strategy))
 
     jobs = sharing_jobs()
-    hardware = setup(typed.hardware, typed.seed, jobs, **tracking.accelerator_options(typed, folder))
+    hardware = setup(typed.hardware, typed.seed, jobs, Path(typed.paths.cache_dir).expanduser(),
+                     **tracking.accelerator_options(typed, folder))
     accelerator = hardware.accelerator
     if main:
         write_json(folder / "env.json", {**environment(), "precision": hardware.precision,

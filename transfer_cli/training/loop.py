@@ -168,20 +168,20 @@ class _Run:
         if phase.unlabelled is not None:
             unlabelled = _Unlabelled(phase.unlabelled, cfg.seed + 1000 + number, cfg, self.ctx, state.drawn)
 
-        for epoch in range(state.epoch + 1, phase.epochs + 1):
-            if state.done:
-                break
-            task = self.bar.add_task(f"{phase.name} {epoch}/{phase.epochs}", total=len(loader), loss=float("nan"),
-                                     completed=state.batch)
-            if cfg.model.gradual_unfreezing:
-                gradual_unfreeze(model, epoch, trainable)
-            strategy.train()
-            loader.set_epoch(epoch - 1)
-            batches = accelerator.skip_first_batches(loader, state.batch) if state.batch else loader
-            sampler.set_epoch(epoch - 1)  # also where a skipping loader cannot reach it
-            accelerator.step = state.batch % train.grad_accum_steps  # the accumulation's count, when resumed
-            start = time.perf_counter()
-            with self.stop.deferred():
+        with self.stop.deferred():  # a stop signal waits for the end of a batch, or of an epoch's evaluation
+            for epoch in range(state.epoch + 1, phase.epochs + 1):
+                if state.done:
+                    break
+                task = self.bar.add_task(f"{phase.name} {epoch}/{phase.epochs}", total=len(loader), loss=float("nan"),
+                                         completed=state.batch)
+                if cfg.model.gradual_unfreezing:
+                    gradual_unfreeze(model, epoch, trainable)
+                strategy.train()
+                loader.set_epoch(epoch - 1)
+                batches = accelerator.skip_first_batches(loader, state.batch) if state.batch else loader
+                sampler.set_epoch(epoch - 1)  # also where a skipping loader cannot reach it
+                accelerator.step = state.batch % train.grad_accum_steps  # the accumulation's count, when resumed
+                start = time.perf_counter()
                 for batch in batches:
                     with accelerator.accumulate(self.step_fn):
                         with accelerator.autocast():
@@ -208,43 +208,43 @@ class _Run:
                         start = time.perf_counter()
                         self._checkpoint(number, state, strategy, optimizer, scheduler, best_state)
                         self.stop.stop(signum, checkpointed=self.checkpoints is not None)
-            result.train_seconds += time.perf_counter() - start
-            result.train_samples += len(phase.train)
+                result.train_seconds += time.perf_counter() - start
+                result.train_samples += len(phase.train)
 
-            strategy.eval()
-            row = {"phase": phase.name, "epoch": epoch, "train_loss": sum(state.losses) / len(state.losses),
-                   "lr": scheduler.get_last_lr()[0], **{k: v / len(state.losses) for k, v in state.logs_sum.items()}}
-            row.update(_score_epoch(model, self.data, phase, self.ctx, result))
-            criterion = phase.selection or cfg.selection.value
-            score = _selection_score(criterion, row, epoch)
-            row.update(selection=criterion, selection_score=score)
-            result.history.append(row)
-            accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                            step=len(result.history))
-            log.info(
-                "%s epoch %d/%d: loss %.4f, source val acc %.4f, target test acc %.4f, %s score %.4f",
-                phase.name, epoch, phase.epochs, row["train_loss"], row["source_val_accuracy"],
-                row["target_test_accuracy"], criterion, score,
-            )
-            state.epoch, state.batch, state.losses, state.logs_sum = epoch, 0, [], {}
-            if state.best_row is None or score > state.best_score:
-                state.best_score, state.best_row, state.stale = score, row, 0
-                # a copy, unless these are the phase's last weights anyway
-                best_state = None if epoch == phase.epochs else {
-                    k: v.detach().to("cpu", copy=True) for k, v in strategy.state_dict().items()}
-            else:
-                state.stale += 1
-                if state.stale >= train.patience:
-                    log.info("%s: early stop after epoch %d (no gain in %s for %d epochs)", phase.name, epoch,
-                             criterion, state.stale)
-                    state.done = True
-            state.done = state.done or epoch == phase.epochs
-            self._checkpoint(number, state, strategy, optimizer, scheduler, best_state)
-            if self.on_epoch is not None and accelerator.is_main_process:
-                self.on_epoch(result.history)
-            signum = self.stop.pending(accelerator)  # a signal during the evaluation
-            if signum:
-                self.stop.stop(signum, checkpointed=self.checkpoints is not None)
+                strategy.eval()
+                row = {"phase": phase.name, "epoch": epoch, "train_loss": sum(state.losses) / len(state.losses),
+                       "lr": scheduler.get_last_lr()[0], **{k: v / len(state.losses) for k, v in state.logs_sum.items()}}
+                row.update(_score_epoch(model, self.data, phase, self.ctx, result))
+                criterion = phase.selection or cfg.selection.value
+                score = _selection_score(criterion, row, epoch)
+                row.update(selection=criterion, selection_score=score)
+                result.history.append(row)
+                accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                                step=len(result.history))
+                log.info(
+                    "%s epoch %d/%d: loss %.4f, source val acc %.4f, target test acc %.4f, %s score %.4f",
+                    phase.name, epoch, phase.epochs, row["train_loss"], row["source_val_accuracy"],
+                    row["target_test_accuracy"], criterion, score,
+                )
+                state.epoch, state.batch, state.losses, state.logs_sum = epoch, 0, [], {}
+                if state.best_row is None or score > state.best_score:
+                    state.best_score, state.best_row, state.stale = score, row, 0
+                    # a copy, unless these are the phase's last weights anyway
+                    best_state = None if epoch == phase.epochs else {
+                        k: v.detach().to("cpu", copy=True) for k, v in strategy.state_dict().items()}
+                else:
+                    state.stale += 1
+                    if state.stale >= train.patience:
+                        log.info("%s: early stop after epoch %d (no gain in %s for %d epochs)", phase.name, epoch,
+                                 criterion, state.stale)
+                        state.done = True
+                state.done = state.done or epoch == phase.epochs
+                self._checkpoint(number, state, strategy, optimizer, scheduler, best_state)
+                if self.on_epoch is not None and accelerator.is_main_process:
+                    self.on_epoch(result.history)
+                signum = self.stop.pending(accelerator)  # a signal during the evaluation waited for the checkpoint
+                if signum:
+                    self.stop.stop(signum, checkpointed=self.checkpoints is not None)
         if best_state is not None:
             strategy.load_state_dict(best_state)
         for p in trainable:  # gradual unfreezing ends with everything the phase trained unfrozen
