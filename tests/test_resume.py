@@ -133,3 +133,23 @@ def test_sweep_job_requeued_by_its_launcher_resumes_from_its_checkpoint(cli_env,
     assert out.returncode == 0, out.stderr
     assert "resuming from" in (job / "run.log").read_text()
     assert json.loads((job / "status.json").read_text())["status"] == "completed"
+
+
+def test_a_run_killed_in_a_later_phase_rebuilds_the_earlier_phases(cli, cli_env, tmp_path):
+    """Self-training labels the target pool with the model each phase ends with: a run resumed in round 2 must
+    label round 1's and round 2's pool from the saved end weights of the source phase and of round 1."""
+    run = ["strategy=self_training", "strategy.threshold=0.5", "strategy.round_epochs=2",
+           *[a for a in RUN if not a.startswith("train.epochs")], "train.epochs=2", "train.batch_size=8"]
+    out = cli("run", *run, "hydra.run.dir=outputs/uninterrupted")
+    assert out.returncode == 0, out.stderr
+    assert history_rows(tmp_path / "outputs" / "uninterrupted") == 6  # 2 epochs each: source, round 1, round 2
+
+    folder = tmp_path / "outputs" / "killed"
+    process = start(["run", *run, f"hydra.run.dir={folder}"], tmp_path, cli_env)
+    wait_for(lambda: history_rows(folder) >= 5, process)  # round 2's first epoch done
+    process.kill()
+    process.wait()
+    out = cli("run", *run, f"hydra.run.dir={folder}")
+    assert out.returncode == 0, out.stderr
+    assert "resuming from" in (folder / "run.log").read_text()
+    assert comparable(folder) == comparable(tmp_path / "outputs" / "uninterrupted")

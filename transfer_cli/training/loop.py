@@ -183,24 +183,7 @@ class _Run:
                 accelerator.step = state.batch % train.grad_accum_steps  # the accumulation's count, when resumed
                 start = time.perf_counter()
                 for batch in batches:
-                    with accelerator.accumulate(self.step_fn):
-                        with accelerator.autocast():
-                            loss, logs = self.step_fn(batch, next(unlabelled) if unlabelled else None,
-                                                 state.step / max(1, total_steps))
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients:
-                            if train.max_grad_norm > 0:
-                                accelerator.clip_grad_norm_(strategy.parameters(), train.max_grad_norm)
-                            state.step += 1
-                        optimizer.step()
-                        if accelerator.sync_gradients:
-                            scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    state.batch += 1
-                    state.drawn = unlabelled.drawn if unlabelled else 0
-                    state.losses.append(loss.item())
-                    for k, v in logs.items():
-                        state.logs_sum[k] = state.logs_sum.get(k, 0.0) + v
+                    self._step(batch, unlabelled, state, optimizer, scheduler, total_steps)
                     self.bar.update(task, advance=1, loss=sum(state.losses[-20:]) / len(state.losses[-20:]))
                     signum = self.stop.pending(accelerator)
                     if signum:
@@ -251,6 +234,28 @@ class _Run:
             p.requires_grad_(True)
         state.best_row["selected"] = True
         return state.best_row
+
+    def _step(self, batch: dict, unlabelled: Optional[_Unlabelled], state: PhaseState, optimizer, scheduler,
+              total_steps: int) -> None:
+        """One batch: the strategy's loss, backward; an update (clipped) at the end of each accumulation."""
+        accelerator, train = self.ctx.accelerator, self.cfg.train
+        with accelerator.accumulate(self.step_fn):
+            with accelerator.autocast():
+                loss, logs = self.step_fn(batch, next(unlabelled) if unlabelled else None, state.step / max(1, total_steps))
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                if train.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(self.strategy.parameters(), train.max_grad_norm)
+                state.step += 1
+            optimizer.step()  # Accelerate's optimiser steps only at the end of an accumulation
+            if accelerator.sync_gradients:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        state.batch += 1
+        state.drawn = unlabelled.drawn if unlabelled else 0
+        state.losses.append(loss.item())
+        for k, v in logs.items():
+            state.logs_sum[k] = state.logs_sum.get(k, 0.0) + v
 
     def _checkpoint(self, number: int, state: PhaseState, strategy, optimizer, scheduler, best_state) -> None:
         if self.checkpoints is None:
