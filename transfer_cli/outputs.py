@@ -119,8 +119,8 @@ def process_gone(status: Dict[str, Any]) -> bool:
             os.kill(int(status["pid"]), 0)
         except ProcessLookupError:
             return True
-        except PermissionError:
-            return False
+        except PermissionError:  # alive, another user's
+            pass
         return False
     try:
         beat = datetime.fromisoformat(status.get("heartbeat", ""))

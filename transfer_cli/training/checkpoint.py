@@ -30,12 +30,13 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
 from ..outputs import CHECKPOINT as FOLDER
 from ..outputs import write_atomic
 
 log = logging.getLogger(__name__)
+
 
 def _tensors(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Own CPU copies: safetensors refuses tensors that share memory (tied weights)."""
@@ -136,8 +137,6 @@ class Checkpoints:
 
     def save_phase_end(self, number: int, strategy) -> None:
         if self.accelerator.is_main_process:
-            from safetensors.torch import save
-
             state = _tensors(self.accelerator.unwrap_model(strategy).state_dict())
             write_atomic(self.path / "phases" / f"after_{number}.safetensors", save(state))
         self.accelerator.wait_for_everyone()

@@ -107,8 +107,9 @@ def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, tokenizer, pro
             if saved and number < saved["phase"]:  # trained before the interruption: its end state, as it was
                 checkpoints.restore_phase_end(number, strategy)
                 continue
-            state = PhaseState(**saved["state"]) if saved and number == saved["phase"] else PhaseState()
-            result.final = run.phase(phase, number, state, resume=bool(saved) and number == saved["phase"])
+            resuming = saved is not None and number == saved["phase"]
+            state = PhaseState(**saved["state"]) if resuming else PhaseState()
+            result.final = run.phase(phase, number, state, resume=resuming)
             if checkpoints is not None:
                 checkpoints.save_phase_end(number, strategy)
     return result

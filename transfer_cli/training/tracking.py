@@ -20,7 +20,6 @@ Only the main process logs (Accelerate's trackers run on the main process only).
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import re
@@ -34,7 +33,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 from accelerate.tracking import GeneralTracker, on_main_process
 
 from ..errors import TransferError
-from ..outputs import write_atomic
+from ..outputs import write_history
 
 SINGLE_RUNS = "runs"  # the experiment of runs started without -m
 MLFLOW_DB = "mlflow.db"  # in paths.output_dir
@@ -100,9 +99,7 @@ def accelerator_options(cfg: Any, folder: Path) -> Dict[str, Any]:
         # the SQLite store needs sqlalchemy and alembic, which mlflow-skinny leaves out
         _require(logger, "mlflow", *(("sqlalchemy", "alembic") if _mlflow_uri(cfg.paths.output_dir) else ()))
         return {"log_with": "mlflow", "project_dir": str(Path(cfg.paths.output_dir).expanduser().resolve())}
-    if logger == "csv":
-        return {"log_with": CsvTracker(n.root / "csv", n.run), "project_dir": str(n.root / "csv")}
-    raise TransferError(f"logger={logger} is not one of none, tensorboard, mlflow, csv")
+    return {"log_with": CsvTracker(n.root / "csv", n.run), "project_dir": str(n.root / "csv")}  # csv
 
 
 def start(accelerator: Any, cfg_container: Dict[str, Any], folder: Path) -> None:
@@ -248,13 +245,7 @@ class CsvTracker(GeneralTracker):
                     rows: List[Dict[str, Any]] = list(csv.DictReader(f))
             except FileNotFoundError:
                 rows = []
-            rows = change(rows)
-            columns = list(dict.fromkeys(k for r in rows for k in r))
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-            write_atomic(path, buffer.getvalue())
+            write_history(path, change(rows))  # rows -> CSV, written atomically
 
 
 def _at_or_after(logged: Any, step: int) -> bool:
