@@ -8,6 +8,9 @@ import subprocess
 import sys
 import textwrap
 
+import pandas as pd
+import pytest
+
 # The tiny model learns the generated demo domains; the global batch is 32 either way.
 RUN = ["source=demo_gadgets", "target=demo_films", "model=tiny", "data.max_length=48", "data.max_source_train=400",
        "data.max_source_val=240", "data.max_target_pool=64", "data.max_target_test=101", "train.epochs=3",
@@ -27,6 +30,8 @@ def test_two_processes_share_one_run_folder_and_match_one_process(cli, tmp_path)
     assert two["target_test_size"] == 101 and two["source_val_size"] == 240
     assert one["source_val_accuracy"] > 0.75 and two["source_val_accuracy"] > 0.75  # both learned
     assert abs(one["source_val_accuracy"] - two["source_val_accuracy"]) <= 0.05, (one, two)
+    lr = {name: pd.read_csv(tmp_path / "outputs" / name / "history.csv")["lr"].tolist() for name in ("one", "two")}
+    assert lr["one"] == pytest.approx(lr["two"]) and lr["one"][0] > 0.5e-3  # one schedule, whatever the processes
     log = (tmp_path / "outputs" / "two" / "run.log").read_text()
     assert "global batch 32 = 16 per process x 2 processes x 1 accumulation steps" in log
     assert log.count("train epoch 1/3") == 1  # rank 1 writes nothing into the folder

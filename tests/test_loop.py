@@ -12,7 +12,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from transfer_cli.config import Device, HardwareConfig, Precision, RunConfig, Selection, TrainConfig
 from transfer_cli.data.batching import TokenizedSet
 from transfer_cli.hardware import setup
-from transfer_cli.strategies import Phase, Strategy
+from transfer_cli.strategies import Group, Phase, Strategy
 from transfer_cli.training import loop
 
 
@@ -88,3 +88,62 @@ def test_gradient_accumulation_steps_and_schedule(tiny_model, accum, expected_st
     assert len(steps) == expected_steps  # 5 batches of 8
     assert steps == sorted(steps, reverse=True) and steps[0] == pytest.approx(1e-3)  # linear decay, no warmup
     assert result.history[0]["lr"] == pytest.approx(0.0)
+
+
+class Grouped(OnePhase):
+    """Three extra linear modules in groups of their own: `a` updates every 2nd step, `b` only on steps whose logs
+    say `open`, `c` is clamped to ±0.01 after a large step. Records the modules' weights at each step."""
+
+    def __init__(self, model, data):
+        super().__init__(model, data, 1)
+        self.a, self.b, self.c = (torch.nn.Linear(4, 1) for _ in range(3))
+        self.seen = []
+
+    def phases(self, data, ctx):
+        groups = [Group("a", [self.a], every=2), Group("b", [self.b], gate=lambda logs: logs["open"] > 0),
+                  Group("c", [self.c], lr=1.0, schedule="constant", max_grad_norm=0.0, clamp=0.01)]
+        return [Phase("train", self.data, self.epochs, groups=groups)]
+
+    def loss(self, labelled, unlabelled, progress):
+        self.seen.append({k: m.weight.detach().clone() for k, m in (("a", self.a), ("b", self.b), ("c", self.c))})
+        task, _ = self.task_loss(labelled)
+        x = torch.ones(1, 4)
+        return task + (self.a(x) + self.b(x) + self.c(x)).sum(), {"open": float(len(self.seen) % 3 == 0)}
+
+
+def test_groups_update_on_their_own_ratio_gate_and_constraint(tiny_model):
+    cfg = RunConfig(train=TrainConfig(batch_size=8, lr=1e-3, warmup_ratio=0.0))
+    accelerator = setup(HardwareConfig(name="cpu", device=Device.cpu, precision=Precision.fp32), 0).accelerator
+    strategy = Grouped(tiny_model, labelled(56))  # 7 steps
+    original, loop._score_epoch = loop._score_epoch, lambda *_: {"source_val_accuracy": 0.5, "target_test_accuracy": 0}
+    try:
+        loop.fit(strategy, FakeData(), cfg, accelerator, SimpleNamespace(pad_token_id=0))
+    finally:
+        loop._score_epoch = original
+    seen = strategy.seen + [{"a": strategy.a.weight, "b": strategy.b.weight, "c": strategy.c.weight}]
+    moved = {k: [not torch.equal(seen[i][k], seen[i + 1][k]) for i in range(7)] for k in "abc"}
+    assert moved["a"] == [step % 2 == 0 for step in range(1, 8)]
+    assert moved["b"] == [step % 3 == 0 for step in range(1, 8)]
+    # lr 1 on a constant gradient would take c to about -7; clamped, it stops at the bound
+    assert moved["c"][0] and torch.allclose(strategy.c.weight, torch.full((1, 4), -0.01))
+
+
+def test_unlabelled_batches_are_paired_by_length(ctx):
+    """A target batch drawn beside a source batch has a comparable length rank; without pairing, any length.
+    A stream rebuilt from its counts continues with the same batches (resume)."""
+    rng = np.random.default_rng(0)
+    texts = lambda n, scale: [np.ones(int(rng.integers(4, 60) * scale), dtype=np.int32) for _ in range(n)]  # noqa: E731
+    source, target = TokenizedSet(texts(400, 1), np.zeros(400, dtype=np.int64)), TokenizedSet(texts(400, 2))
+    loader = loop.train_loader(source, 16, 0, 0)
+    mean_length = lambda b: b["attention_mask"].sum(1).float().mean().item()  # noqa: E731
+    for paired, lowest in ((True, 0.9), (False, -1.0)):
+        stream = loop._Unlabelled(target, source, 0, 16, paired, ctx, None)
+        pairs = [(mean_length(b), mean_length(stream.beside(b))) for b in loader]
+        correlation = np.corrcoef(np.array(pairs).T)[0, 1]
+        assert correlation > lowest if paired else abs(correlation) < 0.3
+    batches = list(loader)
+    resumed = loop._Unlabelled(target, source, 0, 16, True, ctx, None)
+    first = [resumed.beside(b)["index"] for b in batches]
+    again = loop._Unlabelled(target, source, 0, 16, True, ctx, resumed.drawn)
+    rest, more = [again.beside(b)["index"] for b in batches], [resumed.beside(b)["index"] for b in batches]
+    assert all(torch.equal(x, y) for x, y in zip(rest, more)) and not torch.equal(first[0], rest[0])

@@ -182,6 +182,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     patience: int = 2  # epochs without improvement of the selection metric before stopping
     group_by_length: bool = True  # batches of similar length (less padding); false: plain random batches
+    pair_by_length: bool = True  # a target batch drawn beside a source batch has comparable lengths
     save_model: bool = False
     keep_checkpoints: bool = False  # keep the run's checkpoint/ folder once it completes (default: pruned)
 

@@ -7,15 +7,17 @@ A strategy owns what makes it different:
 - `phases()`: what each training phase trains on (default: labelled source, plus unlabelled target if it adapts).
   It may be a generator: the next phase is built after the previous one trained (self-training's pseudo-labels);
 - `start_phase()`: which parameters train in a phase (default: all that are not frozen);
-- `forward()`: the per-step loss from a batch of the phase's training set and, when the phase has one, a batch of
-  unlabelled target text.
+- `loss()`: the per-step loss from a batch of the phase's training set and, when the phase has one, a batch of
+  unlabelled target text. A phase may name another method as its loss (`Phase.loss`);
+- `Group`s: parameters with optimiser settings of their own (a discriminator's learning rate, update ratio or gate,
+  clipping, weight clamp), declared per phase. The loop applies them for any strategy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -38,6 +40,32 @@ def check(ok: bool, message: str) -> None:
 
 
 @dataclass
+class Group:
+    """Parameters (those of `modules` that train in the phase) with their own optimiser settings. Unset values take
+    the run's (`train.lr`, `train.weight_decay`, `train.max_grad_norm`). All groups share one backward pass and
+    one AdamW: a torch param group each, so each has its own learning rate, betas, decay, schedule and moments.
+
+    `every`: the group updates on every n-th optimiser step only (n discriminator updates per encoder update).
+    `gate`: the group updates only on steps whose logs pass it (e.g. "the discriminator is right > 60%").
+    `clamp`: after each update, its weights are clamped to [-clamp, clamp] (WGAN-style weight clipping)."""
+
+    name: str
+    modules: Sequence[nn.Module]
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    betas: Tuple[float, float] = (0.9, 0.999)
+    schedule: str = "warmup_linear"  # or constant
+    max_grad_norm: Optional[float] = None  # 0: no clipping
+    every: int = 1
+    gate: Optional[Callable[[Logs], bool]] = None
+    clamp: Optional[float] = None
+
+    def updates(self, step: int, logs: Logs) -> bool:
+        """Whether the group takes optimiser step number `step` (1-based), given that step's logs."""
+        return step % self.every == 0 and (self.gate is None or self.gate(logs))
+
+
+@dataclass
 class Phase:
     """One stage of training.
 
@@ -45,7 +73,9 @@ class Phase:
     `selection` picks the phase's checkpoint: None for the run's label-free validator (`selection=...`, default
     source-validation accuracy), target_val (oracle runs only), or last (no held-out data, e.g. k-shot fine-tuning).
     `model` is the model the phase evaluates (default: the strategy's model; a teacher, while it trains).
-    `batch_by` gives each training example a group (its source domain): batches never mix groups."""
+    `batch_by` gives each training example a group (its source domain): batches never mix groups.
+    `loss` is the phase's loss (default: the strategy's `loss`); `groups` its parameters with their own optimiser
+    settings (the rest train with the run's); `batch_size` its own (default: the run's, train.batch_size)."""
 
     name: str
     train: TokenizedSet
@@ -56,6 +86,9 @@ class Phase:
     lr: Optional[float] = None
     model: Optional[TransferModel] = None
     batch_by: Optional[np.ndarray] = None
+    loss: Optional[Callable[..., Tuple[torch.Tensor, Logs]]] = None
+    groups: Sequence[Group] = ()
+    batch_size: Optional[int] = None
 
 
 @dataclass
@@ -68,6 +101,7 @@ class Context:
     accelerator: Any
     tokenizer: Any
     eval_batch_size: int
+    lr: float = 5e-5  # the run's learning rate (train.lr), for groups that scale it
 
     @property
     def pad_id(self) -> int:
@@ -98,6 +132,7 @@ class Strategy(nn.Module):
         self.params = params
         self.model = model
         self.phase = ""
+        self._phase_loss = None
         self._frozen: List[nn.Module] = []
 
     def freeze(self, module: nn.Module) -> None:
@@ -116,7 +151,7 @@ class Strategy(nn.Module):
 
     def start_phase(self, phase: Phase) -> None:
         """Called before a phase's optimiser is built; overrides set `requires_grad` for what the phase trains."""
-        self.phase = phase.name
+        self.phase, self._phase_loss = phase.name, phase.loss
 
     def task_loss(self, batch: dict, model: Optional[TransferModel] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy on a labelled batch, and the pooled features it came from."""
@@ -124,10 +159,15 @@ class Strategy(nn.Module):
         features = model.features(**batch)
         return F.cross_entropy(model.head(features).float(), batch["labels"]), features
 
-    def forward(self, labelled: dict, unlabelled: Optional[dict], progress: float) -> Tuple[torch.Tensor, Logs]:
-        """The loss of one step; `progress` runs from 0 to 1 over the phase (for schedules such as DANN's λ)."""
+    def loss(self, labelled: dict, unlabelled: Optional[dict], progress: float) -> Tuple[torch.Tensor, Logs]:
+        """The loss of one step and the terms to log; `progress` runs from 0 to 1 over the phase (for schedules such
+        as DANN's λ)."""
         loss, _ = self.task_loss(labelled)
         return loss, {}
+
+    def forward(self, labelled: dict, unlabelled: Optional[dict], progress: float) -> Tuple[torch.Tensor, Logs]:
+        """The current phase's loss (the loop calls the strategy, so that DDP sees one module)."""
+        return (self._phase_loss or self.loss)(labelled, unlabelled, progress)
 
 
 def set_trainable(module: nn.Module, trainable: bool) -> None:

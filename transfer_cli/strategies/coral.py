@@ -25,7 +25,7 @@ class CORAL(Strategy):
         super().__init__(params, model)
         self.coral = CoralLoss()
 
-    def forward(self, labelled, unlabelled, progress):
+    def loss(self, labelled, unlabelled, progress):
         task, source_features = self.task_loss(labelled)
         distance = self.coral(source_features, self.model.features(**unlabelled))
         return task + self.params.weight * distance, {"task_loss": task.item(), "coral": distance.item()}

@@ -52,7 +52,8 @@ class Distill(Strategy):
         if load_tokenizer(self.teacher_config).get_vocab() != ctx.tokenizer.get_vocab():
             raise TransferError(f"teacher '{self.params.teacher}' uses a different tokenizer vocabulary than the "
                                 "student model; choose a teacher with the same tokenizer (e.g. bert-base for minilm)")
-        yield Phase("teacher", data.source_train, self.params.teacher_epochs or ctx.epochs, model=self.teacher)
+        yield Phase("teacher", data.source_train, self.params.teacher_epochs or ctx.epochs, model=self.teacher,
+                    loss=self.teacher_loss)
         yield Phase("student", data.source_train, ctx.epochs, unlabelled=data.target_pool)
 
     def start_phase(self, phase: Phase) -> None:
@@ -60,10 +61,11 @@ class Distill(Strategy):
         if phase.name == "student":
             self.freeze(self.teacher)
 
-    def forward(self, labelled, unlabelled, progress):
-        if self.phase == "teacher":
-            loss, _ = self.task_loss(labelled, self.teacher)
-            return loss, {}
+    def teacher_loss(self, labelled, unlabelled, progress):
+        loss, _ = self.task_loss(labelled, self.teacher)
+        return loss, {}
+
+    def loss(self, labelled, unlabelled, progress):
         task, source_features = self.task_loss(labelled)
         with torch.no_grad():
             soft_source, soft_target = self.teacher(**labelled), self.teacher(**unlabelled)

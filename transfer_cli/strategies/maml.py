@@ -47,7 +47,7 @@ class MAML(Strategy):
     def phases(self, data, ctx: Context) -> Iterable[Phase]:
         if len(data.source_names) < 2:
             log.warning("maml with one source domain has one task; use several, e.g. source=[books,dvd,electronics]")
-        yield Phase("meta", data.source_train, ctx.epochs, batch_by=data.source_domain)
+        yield Phase("meta", data.source_train, ctx.epochs, batch_by=data.source_domain, loss=self.meta_loss)
         few = data.labelled_target(self.params.k, ctx.seed)
         yield Phase("target_k_shot", few, self.params.target_epochs, selection="last", lr=self.params.target_lr)
 
@@ -55,11 +55,10 @@ class MAML(Strategy):
         logits = functional_call(self.model, weights, (batch["input_ids"], batch["attention_mask"]))
         return F.cross_entropy(logits.float(), batch["labels"])
 
-    def forward(self, labelled, unlabelled, progress):
+    def meta_loss(self, labelled, unlabelled, progress):
         n = len(labelled["labels"])
-        if self.phase != "meta" or n < 2:
-            loss, _ = self.task_loss(labelled)
-            return loss, {}
+        if n < 2:  # no support/query split: a plain step
+            return self.loss(labelled, unlabelled, progress)
         support = {k: v[: n // 2] for k, v in labelled.items()}
         query = {k: v[n // 2:] for k, v in labelled.items()}
         fast = {name: p for name, p in self.model.named_parameters() if p.requires_grad}

@@ -32,7 +32,7 @@ class MMD(Strategy):
         super().__init__(params, model)
         self.mmd = MultiKernelMMD(params.kernels, params.multiplier)
 
-    def forward(self, labelled, unlabelled, progress):
+    def loss(self, labelled, unlabelled, progress):
         task, source_features = self.task_loss(labelled)
         discrepancy = self.mmd(source_features, self.model.features(**unlabelled))
         weight = self.params.weight * (dann_lambda(progress) if self.params.ramp else 1.0)

@@ -3,7 +3,6 @@ validators every epoch, checkpoint selection and early stopping on the phase's s
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
@@ -11,14 +10,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..data import RunData
 from ..errors import TransferError
-from ..data.batching import TokenizedSet, train_loader
+from ..data.batching import Collate, TokenizedSet, train_loader
 from ..models import gradual_unfreeze
-from ..strategies import Context, Phase, Strategy
+from ..strategies import Context, Group, Phase, Strategy
 from . import validators
 from .checkpoint import Checkpoints
 from .evaluate import classification_scores, predict
@@ -37,27 +37,42 @@ class FitResult:
     eval_samples: int = 0
 
 
-def _optimizer(strategy: Strategy, train: Any, phase_lr: Optional[float]) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norms. A phase's own lr applies to everything; otherwise the head and
-    the strategy's own modules use head_lr (default lr)."""
+def _optimizer(strategy: Strategy, train: Any, phase: Phase):
+    """One AdamW over everything that trains in the phase, with a torch param group per (Group, decay) pair: no
+    weight decay on biases and norms. Parameters in none of the phase's `groups` train with the run's settings: a
+    phase's own lr applies to all of them; otherwise the head and the strategy's own modules use head_lr (default
+    lr). Returns the optimiser and the Group behind each of its param groups."""
+    default = Group("default", (), max_grad_norm=train.max_grad_norm)
+    owner = {id(p): g for g in phase.groups for m in g.modules for p in m.parameters()}
     groups: Dict[tuple, List[torch.nn.Parameter]] = {}
     for name, p in strategy.named_parameters():
         if not p.requires_grad:
             continue
-        decay = 0.0 if p.ndim < 2 else train.weight_decay
-        backbone = ".backbone." in f".{name}"  # the model's, a teacher's, a frozen copy's
-        group_lr = phase_lr or (train.lr if backbone else train.head_lr or train.lr)
-        groups.setdefault((decay, group_lr), []).append(p)
-    return torch.optim.AdamW([{"params": ps, "weight_decay": d, "lr": glr} for (d, glr), ps in groups.items()])
+        group = owner.get(id(p), default)
+        no_decay = p.ndim < 2
+        if group is default:
+            backbone = ".backbone." in f".{name}"  # the model's, a teacher's, a frozen copy's
+            lr = phase.lr or (train.lr if backbone else train.head_lr or train.lr)
+            decay = 0.0 if no_decay else train.weight_decay
+        else:
+            lr = group.lr or train.lr
+            decay = 0.0 if no_decay else (train.weight_decay if group.weight_decay is None else group.weight_decay)
+        groups.setdefault((group.name, decay, lr), (group, []))[1].append(p)
+    optimizer = torch.optim.AdamW([{"params": ps, "weight_decay": decay, "lr": lr, "betas": group.betas}
+                                   for (_, decay, lr), (group, ps) in groups.items()])
+    return optimizer, [group for group, _ in groups.values()]
 
 
-def _warmup_then_linear_decay(optimizer, warmup: int, total: int):
-    def factor(step: int) -> float:
+def _scheduler(optimizer, owners: List[Group], warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Each param group's schedule: linear warmup then linear decay to 0 at `total` steps, or constant. A plain
+    scheduler, stepped once per optimiser step (Accelerate's would step once per process)."""
+    def warmup_then_linear_decay(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
         return max(0.0, (total - step) / max(1, total - warmup))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    factors = {"warmup_linear": warmup_then_linear_decay, "constant": lambda step: 1.0}
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factors[group.schedule] for group in owners])
 
 
 def _progress_bar(disable: bool) -> Progress:
@@ -74,7 +89,7 @@ class PhaseState:
     epoch: int = 0  # epochs completed
     batch: int = 0  # batches of the current epoch done (a checkpoint taken mid-epoch, on a signal)
     step: int = 0  # optimiser steps
-    drawn: int = 0  # unlabelled batches drawn
+    drawn: List[int] = field(default_factory=list)  # unlabelled examples drawn, per length bucket
     losses: List[float] = field(default_factory=list)  # the current epoch's, so far
     logs_sum: Dict[str, float] = field(default_factory=dict)
     best_score: float = -math.inf
@@ -92,7 +107,7 @@ def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, tokenizer, pro
     show the progress."""
     result = FitResult()
     ctx = Context(cfg.train.epochs, cfg.seed, Path(cfg.paths.cache_dir).expanduser(), accelerator, tokenizer,
-                  cfg.train.eval_batch_size)
+                  cfg.train.eval_batch_size, cfg.train.lr)
     saved = checkpoints.position() if checkpoints is not None else None
     if saved:
         result = FitResult(**saved["result"])
@@ -116,26 +131,42 @@ def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, tokenizer, pro
 
 
 class _Unlabelled:
-    """Unlabelled batches without end (pass after pass, each reshuffled), resumable at any count. Sharded over the
-    processes like the labelled loader, but not a prepared loader: one that never ends must stay out of
-    Accelerate's end-of-dataloader bookkeeping, which times the accumulation and the metrics gathering."""
+    """Unlabelled batches without end, each paired by length with the labelled batch it goes beside.
 
-    def __init__(self, data: TokenizedSet, seed: int, cfg, ctx: Context, drawn: int):
-        from accelerate.data_loader import BatchSamplerShard
+    The pool is cut into length buckets (equal-count, by rank). A labelled batch whose mean length sits at quantile q
+    of its own set draws its partner from the bucket at q, so a discriminator or a batch statistic compares reviews
+    of comparable length, not long source reviews with short target ones. Each bucket is a stream of its own (pass
+    after pass, reshuffled per (seed, bucket, pass)), resumable from its count, and sharded over the processes.
+    `paired=False` makes one bucket: target batches drawn at random, whatever the labelled batch."""
 
-        loader = train_loader(data, cfg.train.batch_size, seed, ctx.pad_id, cfg.train.group_by_length)
-        self.sampler, self.collate, self.device = loader.batch_sampler, loader.collate_fn, ctx.accelerator.device
-        self.shard = BatchSamplerShard(self.sampler, ctx.accelerator.num_processes, ctx.accelerator.process_index)
-        self.drawn, self._batches = drawn, None
+    PER_BUCKET = 4  # batches per bucket and pass, at least
 
-    def __next__(self) -> dict:
-        per_pass = len(self.shard)
-        if self._batches is None or self.drawn % per_pass == 0:
-            passes, offset = divmod(self.drawn, per_pass)
-            self.sampler.set_epoch(passes)
-            self._batches = itertools.islice(iter(self.shard), offset, None)
-        self.drawn += 1
-        return {k: v.to(self.device) for k, v in self.collate(next(self._batches)).items()}
+    def __init__(self, data: TokenizedSet, labelled: TokenizedSet, seed: int, size: int, paired: bool, ctx: Context,
+                 drawn: Optional[List[int]]):
+        accelerator = ctx.accelerator
+        n_buckets = max(1, min(10, len(data) // (size * self.PER_BUCKET))) if paired else 1
+        by_length = np.argsort(data.lengths, kind="stable")
+        self.buckets = [b[accelerator.process_index::accelerator.num_processes]
+                        for b in np.array_split(by_length, n_buckets)]
+        self.labelled_lengths = np.sort(labelled.lengths)
+        self.collate, self.device, self.size, self.seed = Collate(data, ctx.pad_id), accelerator.device, size, seed
+        self.drawn = list(drawn) if drawn else [0] * n_buckets  # examples drawn per bucket
+
+    def bucket_of(self, batch: dict) -> int:
+        mean_length = batch["attention_mask"].sum(1).float().mean().item()
+        quantile = np.searchsorted(self.labelled_lengths, mean_length) / len(self.labelled_lengths)
+        return min(int(quantile * len(self.buckets)), len(self.buckets) - 1)
+
+    def beside(self, batch: dict) -> dict:
+        b = self.bucket_of(batch)
+        bucket, index = self.buckets[b], []
+        while len(index) < min(self.size, len(bucket)):
+            passes, offset = divmod(self.drawn[b], len(bucket))
+            order = bucket[np.random.default_rng([self.seed, b, passes]).permutation(len(bucket))]
+            take = order[offset: offset + self.size - len(index)]
+            index += take.tolist()
+            self.drawn[b] += len(take)
+        return {k: v.to(self.device) for k, v in self.collate(index).items()}
 
 
 class _Run:
@@ -151,23 +182,25 @@ class _Run:
         strategy, cfg, accelerator, result = self.strategy, self.cfg, self.ctx.accelerator, self.result
         train = cfg.train
         model = phase.model or strategy.model
-        loader = train_loader(phase.train, train.batch_size, cfg.seed + number, self.ctx.pad_id,
+        batch_size = phase.batch_size or train.batch_size
+        loader = train_loader(phase.train, batch_size, cfg.seed + number, self.ctx.pad_id,
                               train.group_by_length, phase.batch_by)
         sampler, loader = loader.batch_sampler, accelerator.prepare_data_loader(loader, device_placement=True)
         accelerator.gradient_accumulation_steps = train.grad_accum_steps
         total_steps = math.ceil(len(loader) / train.grad_accum_steps) * phase.epochs
-        optimizer = accelerator.prepare_optimizer(_optimizer(strategy, train, phase.lr))
-        scheduler = accelerator.prepare_scheduler(
-            _warmup_then_linear_decay(optimizer, int(train.warmup_ratio * total_steps), total_steps))
+        optimizer, owners = _optimizer(strategy, train, phase)
+        optimizer = accelerator.prepare_optimizer(optimizer)
+        scheduler = _scheduler(optimizer, owners, int(train.warmup_ratio * total_steps), total_steps)
         trainable = [p for p in model.parameters() if p.requires_grad]
         best_state = self.checkpoints.restore(strategy, optimizer, scheduler) if resume else None
         log.info("phase '%s': %d epochs of %d batches; global batch %d = %d per process x %d processes x %d "
                  "accumulation steps", phase.name, phase.epochs, len(loader),
-                 train.batch_size * accelerator.num_processes * train.grad_accum_steps, train.batch_size,
+                 batch_size * accelerator.num_processes * train.grad_accum_steps, batch_size,
                  accelerator.num_processes, train.grad_accum_steps)
         unlabelled = None
         if phase.unlabelled is not None:
-            unlabelled = _Unlabelled(phase.unlabelled, cfg.seed + 1000 + number, cfg, self.ctx, state.drawn)
+            unlabelled = _Unlabelled(phase.unlabelled, phase.train, cfg.seed + 1000 + number, batch_size,
+                                     train.pair_by_length, self.ctx, state.drawn)
 
         with self.stop.deferred():  # a stop signal waits for the end of a batch, or of an epoch's evaluation
             for epoch in range(state.epoch + 1, phase.epochs + 1):
@@ -184,7 +217,7 @@ class _Run:
                 accelerator.step = state.batch % train.grad_accum_steps  # the accumulation's count, when resumed
                 start = time.perf_counter()
                 for batch in batches:
-                    self._step(batch, unlabelled, state, optimizer, scheduler, total_steps)
+                    self._step(batch, unlabelled, state, optimizer, owners, scheduler, total_steps)
                     self.bar.update(task, advance=1, loss=sum(state.losses[-20:]) / len(state.losses[-20:]))
                     signum = self.stop.pending(accelerator)
                     if signum:
@@ -236,24 +269,45 @@ class _Run:
         state.best_row["selected"] = True
         return state.best_row
 
-    def _step(self, batch: dict, unlabelled: Optional[_Unlabelled], state: PhaseState, optimizer, scheduler,
-              total_steps: int) -> None:
-        """One batch: the strategy's loss, backward; an update (clipped) at the end of each accumulation."""
+    def _step(self, batch: dict, unlabelled: Optional[_Unlabelled], state: PhaseState, optimizer,
+              owners: List[Group], scheduler, total_steps: int) -> None:
+        """One batch: the strategy's loss, one backward; at the end of each accumulation, an update of each param
+        group that is due (its ratio and gate), clipped per group, then its weight constraint."""
         accelerator, train = self.ctx.accelerator, self.cfg.train
         with accelerator.accumulate(self.step_fn):
             with accelerator.autocast():
-                loss, logs = self.step_fn(batch, next(unlabelled) if unlabelled else None, state.step / max(1, total_steps))
+                partner = unlabelled.beside(batch) if unlabelled else None
+                loss, logs = self.step_fn(batch, partner, state.step / max(1, total_steps))
             accelerator.backward(loss)
+            updated: Dict[int, tuple] = {}  # id(Group) -> (the Group, its parameters)
             if accelerator.sync_gradients:
-                if train.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(self.strategy.parameters(), train.max_grad_norm)
                 state.step += 1
+                if accelerator.num_processes > 1 and any(owner.gate for owner in owners):
+                    logs = _mean_over_processes(logs, accelerator)  # every process gates alike
+                for group, owner in zip(optimizer.param_groups, owners):
+                    if owner.updates(state.step, logs):
+                        updated.setdefault(id(owner), (owner, []))[1].extend(group["params"])
+                    else:
+                        for p in group["params"]:
+                            p.grad = None  # AdamW leaves a parameter without a gradient untouched
+                logs = {**logs, **{f"{owner.name}_updated": float(id(owner) in updated)  # history: how often
+                                   for owner in owners if owner.every > 1 or owner.gate}}
+                accelerator.unscale_gradients(optimizer)  # fp16: clip the true gradients
+                for owner, params in updated.values():
+                    norm = train.max_grad_norm if owner.max_grad_norm is None else owner.max_grad_norm
+                    if norm > 0:
+                        torch.nn.utils.clip_grad_norm_(params, norm)
             optimizer.step()  # Accelerate's optimiser steps only at the end of an accumulation
-            if accelerator.sync_gradients:
+            if accelerator.sync_gradients and not optimizer.step_was_skipped:
                 scheduler.step()
+                with torch.no_grad():
+                    for owner, params in updated.values():
+                        if owner.clamp is not None:
+                            for p in params:
+                                p.clamp_(-owner.clamp, owner.clamp)
             optimizer.zero_grad(set_to_none=True)
         state.batch += 1
-        state.drawn = unlabelled.drawn if unlabelled else 0
+        state.drawn = list(unlabelled.drawn) if unlabelled else []
         state.losses.append(loss.item())
         for k, v in logs.items():
             state.logs_sum[k] = state.logs_sum.get(k, 0.0) + v
@@ -263,6 +317,11 @@ class _Run:
             return
         position = {"phase": number, "state": asdict(state), "result": asdict(self.result)}
         self.checkpoints.save(position, strategy, optimizer, scheduler, best_state)
+def _mean_over_processes(logs: Dict[str, float], accelerator) -> Dict[str, float]:
+    values = accelerator.reduce(torch.tensor(list(logs.values()), device=accelerator.device), reduction="mean")
+    return dict(zip(logs, values.tolist()))
+
+
 def _predict(model, data: TokenizedSet, ctx: Context, result: FitResult):
     start = time.perf_counter()
     features, logits = predict(model, data, ctx.eval_batch_size, ctx.pad_id, ctx.accelerator)
