@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
 from transfer_cli.data import build_data
-from transfer_cli.losses import DomainDiscriminator, GradientReversal, dann_lambda
-from transfer_cli.strategies import build_strategy
+from transfer_cli.losses import GradientReversal, dann_lambda
+from transfer_cli.strategies import Phase, build_strategy
 
 from .test_data import demo_config
 
@@ -30,32 +31,117 @@ def test_dann_lambda_schedule():
     assert values == sorted(values) and values[-1] > 0.99
 
 
-def test_dann_encoder_ascends_domain_loss(tiny_model):
-    """One DANN step moves the features to make the discriminator's job harder (its loss goes up), while a plain
-    step on the same discriminator loss without reversal makes it easier."""
+def batch(n=8, width=12, seed=0, labels=True):
+    g = torch.Generator().manual_seed(seed)
+    b = {"input_ids": torch.randint(1000, 2000, (n, width), generator=g), "attention_mask": torch.ones(n, width, dtype=torch.long)}
+    if labels:
+        b["labels"] = torch.arange(n) % 2
+    return b
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def domain_term_gradient(strategy, source, target):
+    """The gradient of the strategy's domain term alone: that of its loss at weight w = 1 minus that at w = 0."""
+    def gradient(weight):
+        strategy.params.weight = weight
+        strategy.zero_grad()
+        strategy(source, target, progress=1.0)[0].backward()
+        return {n: p.grad.clone() for n, p in strategy.named_parameters() if p.grad is not None}
+
+    full, task = gradient(1.0), gradient(0.0)
+    return {n: g - task.get(n, torch.zeros_like(g)) for n, g in full.items()}
+
+
+@pytest.mark.parametrize("name", ["dann", "cdan"])
+def test_the_encoder_ascends_the_domain_loss_that_the_discriminator_descends(tiny_model, name):
+    """A step along the real strategy's domain-term gradient makes the discriminator better when it moves the
+    discriminator, and worse when it moves the encoder (the gradient reversal): min over D, max over the encoder."""
     torch.manual_seed(0)
-    batch = lambda: {"input_ids": torch.randint(1000, 2000, (8, 12)), "attention_mask": torch.ones(8, 12, dtype=torch.long)}  # noqa: E731
-    source, target = batch(), batch()
-    disc = DomainDiscriminator(tiny_model.feature_dim, 16)
-    domain = torch.cat([torch.zeros(8), torch.ones(8)])
+    strategy = build_strategy({"name": name}, tiny_model).eval()  # no dropout; BatchNorm on its running stats
+    source, target = batch(), batch(seed=1, labels=False)
+    step = domain_term_gradient(strategy, source, target)
+    before = strategy(source, target, progress=1.0)[1]["domain_loss"]
+    state = snapshot(strategy)
+    change = {}
+    for part in ("discriminator.", "model.backbone."):
+        with torch.no_grad():
+            for n, p in strategy.named_parameters():
+                if n.startswith(part) and n in step:
+                    p.sub_(0.05 * step[n])
+        change[part] = strategy(source, target, progress=1.0)[1]["domain_loss"] - before
+        strategy.load_state_dict(state)
+    assert change["discriminator."] < -1e-4 and change["model.backbone."] > 1e-4
 
-    def domain_loss(reverse: bool):
-        feats = torch.cat([tiny_model.features(**source), tiny_model.features(**target)])
-        feats = GradientReversal()(feats, 1.0) if reverse else feats
-        return torch.nn.functional.binary_cross_entropy_with_logits(disc(feats).squeeze(-1), domain)
 
-    tiny_model.eval()
-    state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
-    changes = {}
-    for reverse in (True, False):
-        tiny_model.load_state_dict(state)
-        before = domain_loss(False).item()
-        opt = torch.optim.SGD(tiny_model.parameters(), lr=0.5)
-        domain_loss(reverse).backward()
-        opt.step()
-        opt.zero_grad()
-        changes[reverse] = domain_loss(False).item() - before
-    assert changes[True] > 0 > changes[False]
+def adapting(name, model, **params):
+    """An ADDA-family strategy in its adaptation phase, its source model a frozen copy of `model`."""
+    strategy = build_strategy({"name": name, **params}, model)
+    strategy.source_model = copy.deepcopy(model)
+    strategy.freeze(strategy.source_model)
+    strategy.start_phase(Phase("adapt", None, 1, loss=strategy.adapt_loss))
+    return strategy.eval()
+
+
+@pytest.mark.parametrize("name", ["adda", "aad"])
+def test_adda_discriminator_loss_reaches_only_d_and_the_encoder_loss_only_the_encoder(tiny_model, name):
+    strategy = adapting(name, tiny_model)
+    source, target = batch(), batch(seed=1, labels=False)
+    d_loss, m_loss, _ = strategy.adversarial(tiny_model.features(**source), tiny_model.features(**target))
+    for loss, reaches, spared in ((d_loss, "discriminator.", "model."), (m_loss, "model.backbone.", "discriminator.")):
+        strategy.zero_grad()
+        loss.backward(retain_graph=True)
+        grads = {n: p.grad for n, p in strategy.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert any(n.startswith(reaches) for n in grads) and not any(n.startswith(spared) for n in grads)
+
+
+def test_adda_encoder_step_makes_target_text_look_real_to_the_discriminator(tiny_model):
+    """The inverted labels: the target encoder moves so that D calls its features of target text real (source)."""
+    torch.manual_seed(0)
+    strategy = adapting("adda", tiny_model)
+    source, target = batch(), batch(seed=1, labels=False)
+    realness = lambda: strategy.discriminator(torch.tanh(tiny_model.features(**target))).mean().item()  # noqa: E731
+    before = realness()
+    strategy(source, target, progress=0.0)[0].backward()
+    with torch.no_grad():
+        for p in tiny_model.backbone.parameters():
+            if p.grad is not None:
+                p.sub_(0.05 * p.grad)
+    assert realness() > before + 1e-4
+
+
+def test_adda_adaptation_groups_follow_the_reference(tokenizer, tiny_model, tmp_path, ctx):
+    """D and the target encoder: Adam (no decay) at a constant adapt_lr; the encoder clipped and (ADDA) gated on
+    D's accuracy; D (AAD) clamped to ±0.01."""
+    data = build_data(demo_config(), tokenizer, tmp_path, tmp_path / "cache")
+    for name, gate, clamp in (("adda", 0.6, None), ("aad", None, 0.01)):
+        strategy = build_strategy({"name": name}, copy.deepcopy(tiny_model))
+        source, adapt = list(strategy.phases(data, ctx))
+        groups = {g.name: g for g in adapt.groups}
+        assert not source.groups and adapt.loss == strategy.adapt_loss
+        d, encoder = groups["discriminator"], groups["target_encoder"]
+        assert {d.lr, encoder.lr} == {1e-5} and {d.schedule, encoder.schedule} == {"constant"}
+        assert d.weight_decay == encoder.weight_decay == 0.0 and d.max_grad_norm == 0 and encoder.max_grad_norm == 1
+        assert d.clamp == clamp
+        if gate is None:
+            assert encoder.gate is None
+        else:
+            assert not encoder.updates(1, {"domain_acc": gate}) and encoder.updates(1, {"domain_acc": gate + 0.01})
+
+
+def test_aad_distils_on_source_and_target_text(tiny_model):
+    """KD is zero while the target encoder is the source encoder; once it moves, KD depends on the target batch
+    too, and its gradient pulls the encoder back."""
+    strategy = adapting("aad", tiny_model)
+    source, target = batch(), batch(seed=1, labels=False)
+    assert strategy(source, target, 0.0)[1]["kd_loss"] == pytest.approx(0.0, abs=1e-4)  # T² = 400 scales rounding
+    with torch.no_grad():
+        for p in tiny_model.backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    kd = [strategy(source, batch(seed=s, labels=False), 0.0)[1]["kd_loss"] for s in (1, 2)]
+    assert min(kd) > 1e-2 and abs(kd[0] - kd[1]) > 1e-3
 
 
 @pytest.mark.parametrize(
@@ -85,6 +171,6 @@ def test_dann_step_returns_its_parts(tiny_model):
     strategy = build_strategy({"name": "dann"}, tiny_model)
     batch = {"input_ids": torch.randint(1000, 2000, (4, 10)), "attention_mask": torch.ones(4, 10, dtype=torch.long)}
     loss, logs = strategy({**batch, "labels": torch.tensor([0, 1, 0, 1])}, batch, progress=0.5)
-    assert loss.requires_grad and set(logs) == {"task_loss", "domain_loss", "domain_acc", "lambda"}
+    assert set(logs) == {"task_loss", "domain_loss", "domain_acc", "lambda"}
     assert logs["lambda"] == pytest.approx(dann_lambda(0.5))
     assert loss.item() == pytest.approx(logs["task_loss"] + logs["domain_loss"], rel=1e-4)

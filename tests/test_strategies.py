@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from transfer_cli.config import ModelConfig, PathsConfig, PeftConfig, PeftMethod, RunConfig, TrainConfig
 from transfer_cli.data import build_data
@@ -103,22 +101,11 @@ def test_entropy_weights_favour_confident_predictions():
     assert w[0] > w[2] > w[1] and w.mean().item() == pytest.approx(1.0)
 
 
-def test_cdan_domain_loss_is_conditioned_and_reversed(tiny_model):
-    strategy = build_strategy({"name": "cdan"}, tiny_model).eval()
-    source, target = batch(), batch(seed=1, labels=False)
-    loss, logs = strategy(source, target, progress=1.0)
+def test_cdan_discriminator_reads_the_bottleneck_conditioned_on_predictions(tiny_model):
+    strategy = build_strategy({"name": "cdan", "bottleneck": 16}, tiny_model).eval()
+    loss, logs = strategy(batch(), batch(seed=1, labels=False), progress=1.0)
     assert loss.item() == pytest.approx(logs["task_loss"] + logs["domain_loss"], rel=1e-4)
-    assert strategy.discriminator[0].in_features == tiny_model.feature_dim * 2  # f ⊗ g, 2 classes
-    # the encoder ascends the domain loss that the discriminator descends
-    features = tiny_model.features(**target)
-    g = torch.softmax(tiny_model.head(features), -1).detach()
-    for lam, sign in ((1.0, -1), (0.0, 0)):
-        feats = features.detach().requires_grad_()
-        d = strategy.discriminator(strategy.grl(strategy.map(feats, g), lam)).sum()
-        d.backward()
-        plain = features.detach().requires_grad_()
-        strategy.discriminator(strategy.map(plain, g)).sum().backward()
-        assert torch.allclose(feats.grad, sign * plain.grad, atol=1e-6)
+    assert strategy.discriminator[0].in_features == 16 * 2  # z ⊗ g, 2 classes
 
 
 # --- feature extraction -------------------------------------------------------------------------------------------
@@ -217,8 +204,10 @@ def test_lora_strategy_needs_lora_adapters(tiny_model):
 
 # --- ADDA and AAD -------------------------------------------------------------------------------------------------
 
-def test_adda_adapts_the_target_encoder_only(tokenizer, ctx, tmp_path):
-    strategy = build_strategy({"name": "adda", "adapt_epochs": 1, "adapt_lr": 1e-3}, tiny(tokenizer))
+@pytest.mark.parametrize("name", ["adda", "aad"])
+def test_adda_adapts_the_target_encoder_only(tokenizer, ctx, tmp_path, name):
+    """M_s and C never change in adaptation (AAD's distillation reaches C, so its freeze is what keeps it)."""
+    strategy = build_strategy({"name": name, "adapt_epochs": 1, "adapt_lr": 1e-3, "gate": 0.0}, tiny(tokenizer))
     starts, result, _ = fit(strategy, tokenizer, ctx, small_run(tmp_path), tmp_path)
     at_adapt, end = starts["adapt"], snapshot(strategy)
     source_encoder = {k[len("source_model."):]: v for k, v in end.items() if k.startswith("source_model.")}
@@ -227,46 +216,6 @@ def test_adda_adapts_the_target_encoder_only(tokenizer, ctx, tmp_path):
     assert [k for k in moved if k.startswith("model.backbone.")] and [k for k in moved if k.startswith("discriminator.")]
     assert not [k for k in moved if k.startswith("model.head.")]
     assert [row["phase"] for row in result.history] == ["source", "adapt"]
-
-
-def test_adda_discriminator_and_encoder_get_their_own_losses(tiny_model):
-    strategy = build_strategy({"name": "adda"}, tiny_model)
-    strategy.source_model = copy.deepcopy(tiny_model)
-    strategy.phase = "adapt"
-    strategy.eval()  # no dropout, so the losses can be recomputed exactly
-    source, target = batch(), batch(seed=1, labels=False)
-    loss, logs = strategy(source, target, progress=0.5)
-    loss.backward()
-    together = {n: p.grad.clone() for n, p in strategy.named_parameters() if p.grad is not None}
-    strategy.zero_grad()
-
-    d = strategy.discriminator
-    fs, ft = strategy.source_model.features(**source).detach(), tiny_model.features(**target)
-    d_loss = (F.binary_cross_entropy_with_logits(d(fs).squeeze(-1), torch.ones(8))
-              + F.binary_cross_entropy_with_logits(d(ft.detach()).squeeze(-1), torch.zeros(8)))
-    d_loss.backward()
-    for n, p in d.named_parameters():
-        assert torch.allclose(together[f"discriminator.{n}"], p.grad, atol=1e-6)
-    strategy.zero_grad()
-    F.binary_cross_entropy_with_logits(d(ft).squeeze(-1), torch.ones(8)).backward()  # the inverted-label loss
-    for n, p in tiny_model.backbone.named_parameters():
-        if p.grad is not None:
-            assert torch.allclose(together[f"model.backbone.{n}"], p.grad, atol=1e-6)
-    assert not [n for n in together if n.startswith("source_model.")]
-
-
-def test_aad_distillation_starts_at_zero_and_grows_as_the_encoders_part(tiny_model):
-    strategy = build_strategy({"name": "aad"}, tiny_model)
-    strategy.source_model = copy.deepcopy(tiny_model)
-    strategy.phase = "adapt"
-    strategy.eval()
-    _, logs = strategy(batch(), batch(seed=1, labels=False), progress=0.0)
-    assert logs["kd_loss"] == pytest.approx(0.0, abs=1e-4)  # T² = 400 scales float rounding
-    with torch.no_grad():
-        for p in tiny_model.backbone.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    _, logs = strategy(batch(), batch(seed=1, labels=False), progress=0.0)
-    assert logs["kd_loss"] > 1e-2
 
 
 # --- distillation -------------------------------------------------------------------------------------------------
@@ -327,23 +276,6 @@ def test_batches_never_mix_source_domains():
     assert sorted(i for b in batches for i in b) == list(range(len(domains)))
 
 
-def test_first_order_maml_step(tiny_model):
-    tiny_model.eval()
-    twice = {k: torch.cat([v, v]) for k, v in batch(n=4).items()}  # support == query
-    query = {k: v[4:] for k, v in twice.items()}
-    plain = F.cross_entropy(tiny_model(**query), query["labels"])
-    no_inner = build_strategy({"name": "maml", "inner_lr": 0.0}, tiny_model).eval()
-    no_inner.phase = "meta"
-    loss, _ = no_inner(twice, None, 0.0)
-    assert loss.item() == pytest.approx(plain.item(), rel=1e-5)  # α = 0: the plain query loss
-    adapted = build_strategy({"name": "maml", "inner_lr": 1e-3}, tiny_model).eval()
-    adapted.phase = "meta"
-    loss, logs = adapted(twice, None, 0.0)
-    assert loss.item() < plain.item()  # one inner step on the same examples lowers their loss
-    loss.backward()  # first order: the gradient at θ' lands on θ
-    assert all(p.grad is not None for p in tiny_model.head.parameters())
-
-
 def test_maml_meta_phase_uses_domain_batches_then_k_shot(tokenizer, ctx, tmp_path):
     cfg = small_run(tmp_path)
     cfg.source = {**cfg.source, **cfg.target}
@@ -376,14 +308,13 @@ def test_masking_follows_bert(tokenizer):
 def test_mlm_head_is_tied_to_the_embeddings_and_learns(tokenizer, ctx, tiny_model):
     strategy = build_strategy({"name": "mlm_adapt"}, tiny_model)
     strategy.special_ids, strategy.mask_id = tokenizer.all_special_ids, tokenizer.mask_token_id
-    strategy.phase = "mlm"
     assert sum(p.numel() for p in strategy.mlm_head.parameters()) < tiny_model.backbone.get_input_embeddings().weight.numel()
     text = batch(n=16, width=24, labels=False)
     optimizer = torch.optim.AdamW(strategy.parameters(), lr=3e-3)
     losses = []
     for step in range(30):
         torch.manual_seed(step % 3)
-        loss, _ = strategy(text, None, 0.0)
+        loss, _ = strategy.mlm_phase_loss(text, None, 0.0)
         loss.backward()
         if step == 0:
             assert tiny_model.backbone.get_input_embeddings().weight.grad.abs().sum() > 0  # the tied decoder
@@ -394,7 +325,11 @@ def test_mlm_head_is_tied_to_the_embeddings_and_learns(tokenizer, ctx, tiny_mode
 
 
 def test_mlm_adapt_phases(tokenizer, ctx, tmp_path):
+    """A fresh MLM head first learns alone (the backbone untouched), then MLM (DAPT) trains the backbone too."""
     strategy = build_strategy({"name": "mlm_adapt", "on_source": True}, tiny(tokenizer))
-    _, result, data = fit(strategy, tokenizer, ctx, small_run(tmp_path), tmp_path)
-    assert [row["phase"] for row in result.history] == ["mlm", "joint"]
-    assert {"mlm_loss", "task_loss"} <= set(result.history[1]) and data.target_labels_used == 0
+    starts, result, data = fit(strategy, tokenizer, ctx, small_run(tmp_path), tmp_path)
+    assert [row["phase"] for row in result.history] == ["mlm_head", "mlm", "joint"]
+    head_phase = changed(starts["mlm_head"], starts["mlm"])
+    assert head_phase and all(k.startswith("mlm_head.") for k in head_phase)
+    assert changed(starts["mlm"], starts["joint"], "model.backbone.")
+    assert {"mlm_loss", "task_loss"} <= set(result.history[2]) and data.target_labels_used == 0

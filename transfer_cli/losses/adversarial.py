@@ -34,11 +34,26 @@ def dann_lambda(progress: float, gamma: float = 10.0) -> float:
 
 
 class DomainDiscriminator(nn.Sequential):
-    """A small MLP that predicts the domain (one logit: target vs source) of a feature vector."""
+    """A small MLP that predicts the domain (one logit) of a feature vector. With `batch_norm`, TLlib's
+    (Linear-BatchNorm-ReLU twice, as in DANN and CDAN there); without, the AAD authors' (Linear-LeakyReLU twice)."""
 
-    def __init__(self, in_features: int, hidden: int = 256, dropout: float = 0.1):
-        super().__init__(
-            nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden, 1),
-        )
+    def __init__(self, in_features: int, hidden: int = 1024, batch_norm: bool = True):
+        if batch_norm:
+            block = lambda i: [nn.Linear(i, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]  # noqa: E731
+        else:
+            block = lambda i: [nn.Linear(i, hidden), nn.LeakyReLU()]  # noqa: E731
+        super().__init__(*block(in_features), *block(hidden), nn.Linear(hidden, 1))
+
+
+class BottleneckHead(nn.Module):
+    """A classifier head with a bottleneck, as TLlib's adversarial methods use: z = ReLU(BN(W f)), logits = V z.
+    The domain discriminator reads z, so the alignment acts on a small learned space above the backbone."""
+
+    def __init__(self, in_features: int, width: int, classes: int, dropout: float = 0.1):
+        super().__init__()
+        self.bottleneck = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, width), nn.BatchNorm1d(width),
+                                        nn.ReLU())
+        self.classifier = nn.Linear(width, classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.bottleneck(features))

@@ -1,18 +1,37 @@
-"""DANN: domain-adversarial training (Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 2016).
+"""DANN: domain-adversarial training (Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 2016),
+with the recipe of TLlib's DANN (Jiang et al., Transfer-Learning-Library) around it.
 
-A discriminator D learns to tell source from target features; a gradient-reversal layer makes the encoder F fool it:
+A discriminator D learns to tell source from target features; a gradient-reversal layer makes the encoder fool it:
 
-    L = CE(head(F(x_s)), y_s) + w * BCE(D(GRL_λ(F(x))), d),    d = 0 for source, 1 for target,
+    z = B(F(x)),   L = CE(C(z_s), y_s) + w · BCE(D(GRL_λ(z)), d),   d = 0 for source, 1 for target,
     λ_p = 2 / (1 + exp(-γ p)) - 1  (γ = 10), p = training progress in [0, 1].
+
+As in TLlib: B is a bottleneck (Linear-BatchNorm-ReLU, 256 wide) between the backbone F and the classifier C; D
+(hidden 1024, BatchNorm) reads z; B, C and D learn at 10x the backbone's rate (TLlib: backbone at 0.1x the base
+rate); source and target go through one forward pass, so BatchNorm sees both domains.
+Deviations: AdamW with the run's warmup-then-linear-decay schedule, not SGD with momentum and lr·(1 + 10⁻³ i)^-0.75
+(AdamW is the usual optimiser for transformers); λ follows the phase's progress p, as in the paper, not a fixed 1000
+iterations.
 """
 
 from dataclasses import dataclass
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ..losses import DomainDiscriminator, GradientReversal, dann_lambda
-from .base import Strategy, check
+from ..losses import BottleneckHead, DomainDiscriminator, GradientReversal, dann_lambda
+from .base import Group, Phase, Strategy, check
+
+
+def joint_features(model, labelled: dict, unlabelled: dict) -> torch.Tensor:
+    """The pooled features of a source and a target batch from one forward pass (each padded to the wider one)."""
+    width = max(labelled["input_ids"].shape[1], unlabelled["input_ids"].shape[1])
+    pad = lambda t, value: F.pad(t, (0, width - t.shape[1]), value=value)  # noqa: E731
+    ids = torch.cat([pad(labelled["input_ids"], 0), pad(unlabelled["input_ids"], 0)])
+    mask = torch.cat([pad(labelled["attention_mask"], 0), pad(unlabelled["attention_mask"], 0)])
+    return model.features(ids, mask)
 
 
 class DANN(Strategy):
@@ -23,27 +42,51 @@ class DANN(Strategy):
     class Params:
         weight: float = 1.0  # w, the domain loss weight
         gamma: float = 10.0  # γ of the λ schedule
-        hidden: int = 256  # discriminator width
+        hidden: int = 1024  # discriminator width
+        bottleneck: int = 256  # B's width (0: none; D reads the pooled features)
+        lr_ratio: float = 10.0  # B, C and D learn at lr_ratio × train.lr
 
         def __post_init__(self):
             check(self.weight >= 0, f"strategy.weight={self.weight} must be >= 0")
             check(self.gamma > 0, f"strategy.gamma={self.gamma} must be > 0")
             check(self.hidden >= 1, f"strategy.hidden={self.hidden} must be >= 1")
+            check(self.bottleneck >= 0, f"strategy.bottleneck={self.bottleneck} must be >= 0")
+            check(self.lr_ratio > 0, f"strategy.lr_ratio={self.lr_ratio} must be > 0")
 
     def __init__(self, params, model):
         super().__init__(params, model)
+        if params.bottleneck:
+            model.head = BottleneckHead(model.feature_dim, params.bottleneck, model.num_labels)
         self.grl = GradientReversal()
-        self.discriminator = DomainDiscriminator(model.feature_dim, params.hidden)
+        self.discriminator = DomainDiscriminator(self.domain_features, params.hidden)
 
-    def forward(self, labelled, unlabelled, progress):
-        task, source_features = self.task_loss(labelled)
-        target_features = self.model.features(**unlabelled)
-        features = torch.cat([source_features, target_features])
-        domain = torch.cat([torch.zeros(len(source_features)), torch.ones(len(target_features))]).to(features.device)
+    @property
+    def domain_features(self) -> int:
+        """The width of what D reads (z)."""
+        return self.params.bottleneck or self.model.feature_dim
+
+    def split_head(self) -> Tuple[nn.Module, nn.Module]:
+        head = self.model.head
+        return (head.bottleneck, head.classifier) if isinstance(head, BottleneckHead) else (nn.Identity(), head)
+
+    def phases(self, data, ctx):
+        adversary = Group("adversary", [self.model.head, self.discriminator], lr=self.params.lr_ratio * ctx.lr)
+        return [Phase("train", data.source_train, ctx.epochs, unlabelled=data.target_pool, groups=[adversary])]
+
+    def encode(self, labelled, unlabelled):
+        """z for the source and target batches (source first), the classifier's logits for both, and their labels."""
+        bottleneck, classifier = self.split_head()
+        z = bottleneck(joint_features(self.model, labelled, unlabelled))
+        domain = torch.cat([torch.zeros(len(labelled["input_ids"])), torch.ones(len(unlabelled["input_ids"]))])
+        return z, classifier(z).float(), domain.to(z.device)
+
+    def loss(self, labelled, unlabelled, progress):
+        z, logits, domain = self.encode(labelled, unlabelled)
+        task = F.cross_entropy(logits[domain == 0], labelled["labels"])
         lam = dann_lambda(progress, self.params.gamma)
-        logits = self.discriminator(self.grl(features, lam)).squeeze(-1).float()
-        domain_loss = F.binary_cross_entropy_with_logits(logits, domain)
-        domain_acc = ((logits > 0).float() == domain).float().mean()
+        domain_logits = self.discriminator(self.grl(z, lam)).squeeze(-1).float()
+        domain_loss = F.binary_cross_entropy_with_logits(domain_logits, domain)
+        domain_acc = ((domain_logits > 0).float() == domain).float().mean()
         return task + self.params.weight * domain_loss, {
             "task_loss": task.item(), "domain_loss": domain_loss.item(), "domain_acc": domain_acc.item(), "lambda": lam,
         }

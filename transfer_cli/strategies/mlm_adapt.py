@@ -1,12 +1,16 @@
-"""Domain-adaptive masked-language modelling, then or jointly with the task: UDALM (Karouzos et al., "UDALM:
+"""Domain-adaptive masked-language modelling, then jointly with the task: UDALM (Karouzos et al., "UDALM:
 Unsupervised Domain Adaptation through Language Modeling", NAACL 2021), after DAPT (Gururangan et al., ACL 2020).
 
+    phase "mlm_head" (head_epochs):       L = MLM(x_t), the backbone frozen: only the MLM head learns
     phase "mlm" (pretrain_epochs, DAPT):  L = MLM(x_t)
     phase "joint" (UDALM):                L = CE(f(x_s), y_s) + w · MLM(x_t)
 
 MLM(x) is BERT's masked-token cross-entropy (15% of tokens; 80% [MASK], 10% random, 10% kept) on unlabelled target
-text (and source text with `on_source`). The MLM head's decoder is tied to the input embeddings, so backbones
-shipped without an MLM head (MiniLM) need only its small transform trained from scratch.
+text (and source text with `on_source`). UDALM's mixed loss λ·CE + (1 - λ)·MLM is this one with w = (1 - λ)/λ, up
+to the learning rate's scale; w = 1 is λ = 1/2, each step one labelled source batch and one target batch.
+UDALM starts from BERT with its pretrained MLM head. Backbones shipped without one (MiniLM, a sentence-transformers
+model) get a fresh head whose decoder is tied to the input embeddings; its small transform first learns alone, with
+the backbone frozen (`head_epochs`), so that a random head's large early gradients never reach the backbone.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch.nn.functional as F
 
 from ..data.batching import TokenizedSet
 from ..losses import MaskedLMHead, mask_tokens
-from .base import Context, Phase, Strategy, check
+from .base import Context, Phase, Strategy, check, set_trainable
 
 
 class MLMAdapt(Strategy):
@@ -28,18 +32,21 @@ class MLMAdapt(Strategy):
 
     @dataclass
     class Params:
-        pretrain_epochs: int = 1  # MLM-only epochs first (0: joint from the start, as UDALM)
+        head_epochs: int = 1  # MLM epochs with the backbone frozen, to initialise a fresh MLM head (0: none)
+        pretrain_epochs: int = 1  # MLM-only epochs (DAPT; 0: joint from the start)
         weight: float = 1.0  # w, the MLM weight in the joint phase (0: DAPT, then plain source fine-tuning)
         mask_probability: float = 0.15
         on_source: bool = False  # also model the source text
 
         def __post_init__(self):
+            check(self.head_epochs >= 0, f"strategy.head_epochs={self.head_epochs} must be >= 0")
             check(self.pretrain_epochs >= 0, f"strategy.pretrain_epochs={self.pretrain_epochs} must be >= 0")
             check(self.weight >= 0, f"strategy.weight={self.weight} must be >= 0")
             check(0 < self.mask_probability < 1, f"strategy.mask_probability={self.mask_probability} must be in (0, 1)")
 
     def __init__(self, params, model):
         super().__init__(params, model)
+        self.held = []  # the model's trainable parameters, while the MLM head learns alone
         self.mlm_head = MaskedLMHead(model.feature_dim, model.backbone.get_input_embeddings().num_embeddings)
 
     def phases(self, data, ctx: Context) -> Iterable[Phase]:
@@ -47,8 +54,10 @@ class MLMAdapt(Strategy):
         text = data.target_pool
         if self.params.on_source:
             text = TokenizedSet(data.target_pool.ids + data.source_train.ids)
+        if self.params.head_epochs:
+            yield Phase("mlm_head", text, self.params.head_epochs, selection="last", loss=self.mlm_phase_loss)
         if self.params.pretrain_epochs:
-            yield Phase("mlm", text, self.params.pretrain_epochs, selection="last")
+            yield Phase("mlm", text, self.params.pretrain_epochs, selection="last", loss=self.mlm_phase_loss)
         yield Phase("joint", data.source_train, ctx.epochs, unlabelled=text if self.params.weight > 0 else None)
 
     def mlm_loss(self, batch: dict) -> torch.Tensor:
@@ -61,10 +70,21 @@ class MLMAdapt(Strategy):
             return hidden.sum() * 0.0
         return F.cross_entropy(self.mlm_head(hidden[picked], embeddings).float(), labels[picked])
 
-    def forward(self, labelled, unlabelled, progress):
-        if self.phase == "mlm":
-            mlm = self.mlm_loss(labelled)
-            return mlm, {"mlm_loss": mlm.item()}
+    def start_phase(self, phase: Phase) -> None:
+        super().start_phase(phase)
+        if phase.name == "mlm_head":
+            self.held = [p for p in self.model.parameters() if p.requires_grad]
+            set_trainable(self.model, False)
+        else:  # what the head phase held back trains again
+            for p in self.held:
+                p.requires_grad_(True)
+            self.held = []
+
+    def mlm_phase_loss(self, text, unlabelled, progress):
+        mlm = self.mlm_loss(text)
+        return mlm, {"mlm_loss": mlm.item()}
+
+    def loss(self, labelled, unlabelled, progress):
         task, _ = self.task_loss(labelled)
         if unlabelled is None:
             return task, {"task_loss": task.item()}
