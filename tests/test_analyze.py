@@ -37,11 +37,17 @@ def test_analyze_source_only_and_dann_runs(cli, saved_runs):
     out = cli("analyze", *map(str, saved_runs), "--max-examples", "20")  # the slice's source validation: 20 reviews
     assert out.returncode == 0, out.stderr
     assert "proxy A-distance" in out.stdout and "dann" in out.stdout and "source_only" in out.stdout
+    before = set()
     for run in saved_runs:
         analysis = json.loads((run / "analysis.json").read_text())
-        assert 0 <= analysis["pad_before"] <= 2 and 0 <= analysis["pad_after"] <= 2
         assert analysis["source_examples"] == analysis["target_examples"] == 20
+        # half of the 40 examples held out: the classifier's error moves in steps of 1/20, the PAD in steps of 0.2
+        for pad in (analysis["pad_before"], analysis["pad_after"]):
+            assert pad / 0.2 == pytest.approx(round(pad / 0.2))
+        assert analysis["pad_change"] == pytest.approx(analysis["pad_after"] - analysis["pad_before"])
+        before.add(analysis["pad_before"])
         assert (run / "analysis_tsne.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(before) == 1  # "before" is the same untrained model, whatever the strategy
 
 
 def test_analyze_errors(cli, tmp_path, saved_runs):

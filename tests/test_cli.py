@@ -86,12 +86,13 @@ def test_single_run_writes_every_output(cli, tmp_path):
     assert METRIC_KEYS <= set(metrics)
     assert metrics["strategy"] == "dann" and metrics["source"] == "books" and metrics["target"] == "dvd"
     assert metrics["status"] == "completed" and metrics["oracle"] is False and metrics["target_labels_used"] == 0
-    assert 0 <= metrics["target_test_accuracy"] <= 1 and metrics["target_test_size"] == 32
+    assert metrics["target_test_size"] == 32 and (metrics["target_test_accuracy"] * 32).is_integer()
     assert json.loads((folder / "status.json").read_text())["status"] == "completed"
     env = json.loads((folder / "env.json").read_text())
     assert env["packages"]["torch"]
     rows = list(csv.DictReader((folder / "history.csv").open()))
-    assert rows and {"epoch", "train_loss", "domain_loss", "source_val_accuracy", "target_test_accuracy"} <= set(rows[0])
+    assert len(rows) == 1 and {"epoch", "train_loss", "domain_loss", "source_val_accuracy", "target_test_accuracy"} <= set(rows[0])
+    assert float(rows[0]["target_test_accuracy"]) == metrics["target_test_accuracy"]  # the one epoch's score
     assert (folder / ".hydra" / "config.yaml").exists() and (folder / "run.log").exists()
     assert not list(folder.glob(".*.json*"))  # no temporary files left
 
@@ -173,7 +174,8 @@ def test_every_strategy_runs_from_the_cli(cli, tmp_path, domains):
     metrics = {m["strategy"]: m for m in (json.loads(p.read_text()) for p in tmp_path.rglob("metrics.json"))}
     assert sorted(metrics) == STRATEGIES
     for name, m in metrics.items():
-        assert m["status"] == "completed" and 0 <= m["target_test_accuracy"] <= 1, name
+        correct = m["target_test_accuracy"] * m["target_test_size"]  # a count of the test examples
+        assert m["status"] == "completed" and correct == pytest.approx(round(correct)), name
         expected = {"none": 0}.get(strategy_class(name).target_labels)
         assert (m["target_labels_used"] == 0) == (expected == 0), name
     if domains[0].startswith("source="):

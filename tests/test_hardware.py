@@ -52,11 +52,12 @@ def test_native_bf16_cpu_trains_in_bf16_where_it_is_faster(monkeypatch):
 
 
 def test_the_probe_is_measured_once_per_machine(monkeypatch, tmp_path):
-    calls = []
+    calls, seconds = [], {}
     real = hardware._time_block
-    monkeypatch.setattr(hardware, "_time_block", lambda bf16, tokens: calls.append(bf16) or real(bf16, tokens, 1))
+    monkeypatch.setattr(hardware, "_time_block",
+                        lambda bf16, tokens: calls.append(bf16) or seconds.setdefault(bf16, real(bf16, tokens, 1)))
     first = bf16_speedup(tmp_path, tokens=64)
-    assert first > 0 and calls == [False, True]
+    assert calls == [False, True] and first == round(seconds[False] / seconds[True], 3)  # fp32's time over bf16's
     assert bf16_speedup(tmp_path, tokens=64) == first and len(calls) == 2  # from the cache
     assert (tmp_path / "precision_probe.json").exists()
 
