@@ -132,18 +132,27 @@ def test_unlabelled_batches_are_paired_by_length(ctx):
     """A target batch drawn beside a source batch has a comparable length rank; without pairing, any length.
     A stream rebuilt from its counts continues with the same batches (resume)."""
     rng = np.random.default_rng(0)
-    texts = lambda n, scale: [np.ones(int(rng.integers(4, 60) * scale), dtype=np.int32) for _ in range(n)]  # noqa: E731
+    # a third of each set cut at its max_length (50, 100): ties that must not starve the longest buckets
+    texts = lambda n, scale: [np.ones(int(min(rng.integers(4, 75), 50) * scale), dtype=np.int32) for _ in range(n)]  # noqa: E731
     source, target = TokenizedSet(texts(400, 1), np.zeros(400, dtype=np.int64)), TokenizedSet(texts(400, 2))
     loader = loop.train_loader(source, 16, 0, 0)
     mean_length = lambda b: b["attention_mask"].sum(1).float().mean().item()  # noqa: E731
-    for paired, lowest in ((True, 0.9), (False, -1.0)):
+    for paired, lowest in ((True, 0.8), (False, -1.0)):
         stream = loop._Unlabelled(target, source, 0, 16, paired, ctx, None)
         pairs = [(mean_length(b), mean_length(stream.beside(b))) for b in loader]
         correlation = np.corrcoef(np.array(pairs).T)[0, 1]
         assert correlation > lowest if paired else abs(correlation) < 0.3
+        assert min(stream.drawn) > 0  # every bucket is drawn, the ties at max_length included
     batches = list(loader)
     resumed = loop._Unlabelled(target, source, 0, 16, True, ctx, None)
     first = [resumed.beside(b)["index"] for b in batches]
     again = loop._Unlabelled(target, source, 0, 16, True, ctx, resumed.drawn)
     rest, more = [again.beside(b)["index"] for b in batches], [resumed.beside(b)["index"] for b in batches]
     assert all(torch.equal(x, y) for x, y in zip(rest, more)) and not torch.equal(first[0], rest[0])
+
+
+def test_a_parameter_in_two_groups_is_refused(tiny_model):
+    strategy = OnePhase(tiny_model, labelled(8), 1)
+    phase = Phase("train", labelled(8), 1, groups=[Group("a", [tiny_model.head]), Group("b", [tiny_model])])
+    with pytest.raises(ValueError, match="in two groups of phase 'train': a, b"):
+        loop._optimizer(strategy, TrainConfig(), phase)

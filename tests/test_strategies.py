@@ -14,7 +14,7 @@ from transfer_cli.data.batching import LengthGroupedSampler
 from transfer_cli.losses import (CoralLoss, DistillationLoss, MultiKernelMMD, MultilinearMap, entropy_weights,
                                  mask_tokens)
 from transfer_cli.models import build_model
-from transfer_cli.strategies import build_strategy
+from transfer_cli.strategies import Phase, build_strategy
 from transfer_cli.strategies.self_training import select_pseudo_labels
 from transfer_cli.training import loop
 
@@ -333,3 +333,15 @@ def test_mlm_adapt_phases(tokenizer, ctx, tmp_path):
     assert head_phase and all(k.startswith("mlm_head.") for k in head_phase)
     assert changed(starts["mlm"], starts["joint"], "model.backbone.")
     assert {"mlm_loss", "task_loss"} <= set(result.history[2]) and data.target_labels_used == 0
+
+
+def test_mlm_head_phase_survives_a_batch_with_nothing_masked(tokenizer, tiny_model):
+    """A short review often has no token masked; with the backbone frozen the zero loss must still backpropagate."""
+    strategy = build_strategy({"name": "mlm_adapt"}, tiny_model)
+    strategy.special_ids, strategy.mask_id = tokenizer.all_special_ids, tokenizer.mask_token_id
+    strategy.start_phase(Phase("mlm_head", None, 1, loss=strategy.mlm_phase_loss))
+    only_special = {"input_ids": torch.tensor([[tokenizer.cls_token_id, tokenizer.sep_token_id]]),
+                    "attention_mask": torch.ones(1, 2, dtype=torch.long)}
+    loss, _ = strategy(only_special, None, 0.0)
+    loss.backward()
+    assert loss.item() == 0.0

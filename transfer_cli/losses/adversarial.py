@@ -46,8 +46,8 @@ class DomainDiscriminator(nn.Sequential):
 
 
 class BottleneckHead(nn.Module):
-    """A classifier head with a bottleneck, as TLlib's adversarial methods use: z = ReLU(BN(W f)), logits = V z.
-    The domain discriminator reads z, so the alignment acts on a small learned space above the backbone."""
+    """A classifier head with a bottleneck, as TLlib's adversarial methods use: z = ReLU(BN(W dropout(f))),
+    logits = V z. The domain discriminator reads z, so the alignment acts on a small learned space above the backbone."""
 
     def __init__(self, in_features: int, width: int, classes: int, dropout: float = 0.1):
         super().__init__()

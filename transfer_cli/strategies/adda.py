@@ -100,10 +100,8 @@ class ADDA(Strategy):
 
     def adversarial(self, real: torch.Tensor, fake: torch.Tensor):
         """L_D (reaching D only) and L_M (reaching M_t only), and D's accuracy."""
-        d_real = self.discriminator(torch.tanh(real.detach())).squeeze(-1).float()
-        d_fake = self.discriminator(torch.tanh(fake.detach())).squeeze(-1).float()
-        logits = torch.cat([d_real, d_fake])
-        truth = torch.cat([torch.ones_like(d_real), torch.zeros_like(d_fake)])
+        logits = self.discriminator(torch.tanh(torch.cat([real, fake]).detach())).squeeze(-1).float()
+        truth = torch.cat([torch.ones(len(real)), torch.zeros(len(fake))]).to(logits.device)
         d_loss = F.binary_cross_entropy_with_logits(logits, truth)
         frozen_d = {k: v.detach() for k, v in self.discriminator.named_parameters()}
         fooled = functional_call(self.discriminator, frozen_d, (torch.tanh(fake),)).squeeze(-1).float()

@@ -43,10 +43,12 @@ def check(ok: bool, message: str) -> None:
 class Group:
     """Parameters (those of `modules` that train in the phase) with their own optimiser settings. Unset values take
     the run's (`train.lr`, `train.weight_decay`, `train.max_grad_norm`). All groups share one backward pass and
-    one AdamW: a torch param group each, so each has its own learning rate, betas, decay, schedule and moments.
+    one AdamW, in torch param groups of their own, so each has its own learning rate, betas, decay, schedule and
+    moments.
 
     `every`: the group updates on every n-th optimiser step only (n discriminator updates per encoder update).
-    `gate`: the group updates only on steps whose logs pass it (e.g. "the discriminator is right > 60%").
+    `gate`: the group updates only on steps whose logs pass it (e.g. "the discriminator is right > 60%"); with
+    gradient accumulation, the logs averaged over the accumulated batches.
     `clamp`: after each update, its weights are clamped to [-clamp, clamp] (WGAN-style weight clipping)."""
 
     name: str

@@ -27,10 +27,9 @@ class CDAN(DANN):
     class Params(DANN.Params):  # w, γ, the discriminator's width, the bottleneck and the lr ratio, as DANN
         entropy: bool = True  # ω = 1 + exp(-H) (CDAN+E); false: plain CDAN, ω = 1
 
-    def __init__(self, params, model):
-        super().__init__(params, model)
-        self.map = MultilinearMap(self.domain_features, model.num_labels)
-        self.discriminator = DomainDiscriminator(self.map.out_features, params.hidden)
+    def make_discriminator(self, width: int):
+        self.map = MultilinearMap(width, self.model.num_labels)
+        return DomainDiscriminator(self.map.out_features, self.params.hidden)
 
     def loss(self, labelled, unlabelled, progress):
         z, logits, domain = self.encode(labelled, unlabelled)

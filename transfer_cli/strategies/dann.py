@@ -6,7 +6,8 @@ A discriminator D learns to tell source from target features; a gradient-reversa
     z = B(F(x)),   L = CE(C(z_s), y_s) + w · BCE(D(GRL_λ(z)), d),   d = 0 for source, 1 for target,
     λ_p = 2 / (1 + exp(-γ p)) - 1  (γ = 10), p = training progress in [0, 1].
 
-As in TLlib: B is a bottleneck (Linear-BatchNorm-ReLU, 256 wide) between the backbone F and the classifier C; D
+As in TLlib: B is a bottleneck (Linear-BatchNorm-ReLU, 256 wide, after the model's dropout) between the backbone F
+and the classifier C; D
 (hidden 1024, BatchNorm) reads z; B, C and D learn at 10x the backbone's rate (TLlib: backbone at 0.1x the base
 rate); source and target go through one forward pass, so BatchNorm sees both domains.
 Deviations: AdamW with the run's warmup-then-linear-decay schedule, not SGD with momentum and lr·(1 + 10⁻³ i)^-0.75
@@ -28,9 +29,9 @@ from .base import Group, Phase, Strategy, check
 def joint_features(model, labelled: dict, unlabelled: dict) -> torch.Tensor:
     """The pooled features of a source and a target batch from one forward pass (each padded to the wider one)."""
     width = max(labelled["input_ids"].shape[1], unlabelled["input_ids"].shape[1])
-    pad = lambda t, value: F.pad(t, (0, width - t.shape[1]), value=value)  # noqa: E731
-    ids = torch.cat([pad(labelled["input_ids"], 0), pad(unlabelled["input_ids"], 0)])
-    mask = torch.cat([pad(labelled["attention_mask"], 0), pad(unlabelled["attention_mask"], 0)])
+    pad = lambda t: F.pad(t, (0, width - t.shape[1]))  # noqa: E731  (masked out: the pad id does not matter)
+    ids = torch.cat([pad(labelled["input_ids"]), pad(unlabelled["input_ids"])])
+    mask = torch.cat([pad(labelled["attention_mask"]), pad(unlabelled["attention_mask"])])
     return model.features(ids, mask)
 
 
@@ -56,14 +57,13 @@ class DANN(Strategy):
     def __init__(self, params, model):
         super().__init__(params, model)
         if params.bottleneck:
-            model.head = BottleneckHead(model.feature_dim, params.bottleneck, model.num_labels)
+            model.head = BottleneckHead(model.feature_dim, params.bottleneck, model.num_labels, model.head[0].p)
         self.grl = GradientReversal()
-        self.discriminator = DomainDiscriminator(self.domain_features, params.hidden)
+        self.discriminator = self.make_discriminator(params.bottleneck or model.feature_dim)
 
-    @property
-    def domain_features(self) -> int:
-        """The width of what D reads (z)."""
-        return self.params.bottleneck or self.model.feature_dim
+    def make_discriminator(self, width: int) -> nn.Module:
+        """D, for z of this width."""
+        return DomainDiscriminator(width, self.params.hidden)
 
     def split_head(self) -> Tuple[nn.Module, nn.Module]:
         head = self.model.head

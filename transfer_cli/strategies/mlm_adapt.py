@@ -66,8 +66,8 @@ class MLMAdapt(Strategy):
                                   len(embeddings), self.params.mask_probability)
         hidden = self.model.backbone(input_ids=ids, attention_mask=batch["attention_mask"]).last_hidden_state
         picked = labels != -100
-        if not picked.any():
-            return hidden.sum() * 0.0
+        if not picked.any():  # nothing masked: a zero that still has a gradient (the head trains in every MLM phase)
+            return self.mlm_head.bias.sum() * 0.0
         return F.cross_entropy(self.mlm_head(hidden[picked], embeddings).float(), labels[picked])
 
     def start_phase(self, phase: Phase) -> None:

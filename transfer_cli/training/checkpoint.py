@@ -1,7 +1,7 @@
 """The loop's checkpoints, in the run folder, so that a killed or preempted run resumes where it stopped.
 
     checkpoint/
-      position.json        where the loop is (phase, epoch, batch, steps, unlabelled batches drawn), the phase's
+      position.json        where the loop is (phase, epoch, batch, steps, each process's unlabelled draws), the phase's
                            best-so-far row and score, the history and the timings
       model.safetensors    the strategy's weights (every module it trains, the model's included)
       best.safetensors     the phase's best-so-far weights, when they are not the current ones

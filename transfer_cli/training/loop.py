@@ -43,7 +43,11 @@ def _optimizer(strategy: Strategy, train: Any, phase: Phase):
     phase's own lr applies to all of them; otherwise the head and the strategy's own modules use head_lr (default
     lr). Returns the optimiser and the Group behind each of its param groups."""
     default = Group("default", (), max_grad_norm=train.max_grad_norm)
-    owner = {id(p): g for g in phase.groups for m in g.modules for p in m.parameters()}
+    owner: Dict[int, Group] = {}
+    for g in phase.groups:
+        for p in (p for m in g.modules for p in m.parameters()):
+            if owner.setdefault(id(p), g) is not g:
+                raise ValueError(f"a parameter is in two groups of phase '{phase.name}': {owner[id(p)].name}, {g.name}")
     groups: Dict[tuple, List[torch.nn.Parameter]] = {}
     for name, p in strategy.named_parameters():
         if not p.requires_grad:
@@ -57,7 +61,7 @@ def _optimizer(strategy: Strategy, train: Any, phase: Phase):
         else:
             lr = group.lr or train.lr
             decay = 0.0 if no_decay else (train.weight_decay if group.weight_decay is None else group.weight_decay)
-        groups.setdefault((group.name, decay, lr), (group, []))[1].append(p)
+        groups.setdefault((id(group), decay, lr), (group, []))[1].append(p)
     optimizer = torch.optim.AdamW([{"params": ps, "weight_decay": decay, "lr": lr, "betas": group.betas}
                                    for (_, decay, lr), (group, ps) in groups.items()])
     return optimizer, [group for group, _ in groups.values()]
@@ -124,6 +128,9 @@ def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, tokenizer, pro
                 continue
             resuming = saved is not None and number == saved["phase"]
             state = PhaseState(**saved["state"]) if resuming else PhaseState()
+            if resuming:  # this process's own unlabelled draws
+                drawn = saved.get("drawn_per_process", [])
+                state.drawn = drawn[accelerator.process_index] if len(drawn) == accelerator.num_processes else []
             result.final = run.phase(phase, number, state, resume=resuming)
             if checkpoints is not None:
                 checkpoints.save_phase_end(number, strategy)
@@ -135,35 +142,49 @@ class _Unlabelled:
 
     The pool is cut into length buckets (equal-count, by rank). A labelled batch whose mean length sits at quantile q
     of its own set draws its partner from the bucket at q, so a discriminator or a batch statistic compares reviews
-    of comparable length, not long source reviews with short target ones. Each bucket is a stream of its own (pass
-    after pass, reshuffled per (seed, bucket, pass)), resumable from its count, and sharded over the processes.
-    `paired=False` makes one bucket: target batches drawn at random, whatever the labelled batch."""
+    of comparable length, not long source reviews with short target ones. A tie (reviews cut at max_length share one
+    length) spreads over its whole quantile range, so that every bucket is drawn. Each bucket is a stream of its own
+    (pass after pass, reshuffled per (seed, bucket, pass)), resumable from its count; each process draws from its
+    own share of every bucket. `paired=False` makes one bucket: target batches at random, whatever the labelled one."""
 
-    PER_BUCKET = 4  # batches per bucket and pass, at least
+    PER_BUCKET = 4  # batches per bucket, process and pass, at least
+    TIES = 1 << 20  # the random stream that breaks ties (bucket streams are numbered from 0)
 
     def __init__(self, data: TokenizedSet, labelled: TokenizedSet, seed: int, size: int, paired: bool, ctx: Context,
                  drawn: Optional[List[int]]):
-        accelerator = ctx.accelerator
-        n_buckets = max(1, min(10, len(data) // (size * self.PER_BUCKET))) if paired else 1
+        accelerator, processes = ctx.accelerator, ctx.accelerator.num_processes
+        n_buckets = max(1, min(10, len(data) // (size * self.PER_BUCKET * processes))) if paired else 1
         by_length = np.argsort(data.lengths, kind="stable")
-        self.buckets = [b[accelerator.process_index::accelerator.num_processes]
-                        for b in np.array_split(by_length, n_buckets)]
+        self.buckets = [b[accelerator.process_index::processes] for b in np.array_split(by_length, n_buckets)]
+        if not all(len(b) for b in self.buckets):
+            raise TransferError(f"the unlabelled target pool has {len(data)} examples, fewer than the {processes} "
+                                "processes; use more target data or fewer processes")
         self.labelled_lengths = np.sort(labelled.lengths)
         self.collate, self.device, self.size, self.seed = Collate(data, ctx.pad_id), accelerator.device, size, seed
         self.drawn = list(drawn) if drawn else [0] * n_buckets  # examples drawn per bucket
+        self._orders: Dict[int, tuple] = {}  # bucket -> (pass, its order in that pass)
 
     def bucket_of(self, batch: dict) -> int:
+        if len(self.buckets) == 1:
+            return 0
         mean_length = batch["attention_mask"].sum(1).float().mean().item()
-        quantile = np.searchsorted(self.labelled_lengths, mean_length) / len(self.labelled_lengths)
+        low, high = (np.searchsorted(self.labelled_lengths, mean_length, side) for side in ("left", "right"))
+        tie = np.random.default_rng([self.seed, self.TIES, sum(self.drawn)]).random()
+        quantile = (low + tie * (high - low)) / len(self.labelled_lengths)
         return min(int(quantile * len(self.buckets)), len(self.buckets) - 1)
+
+    def _order(self, b: int, passes: int) -> np.ndarray:
+        if self._orders.get(b, (None,))[0] != passes:
+            bucket = self.buckets[b]
+            self._orders[b] = (passes, bucket[np.random.default_rng([self.seed, b, passes]).permutation(len(bucket))])
+        return self._orders[b][1]
 
     def beside(self, batch: dict) -> dict:
         b = self.bucket_of(batch)
-        bucket, index = self.buckets[b], []
-        while len(index) < min(self.size, len(bucket)):
-            passes, offset = divmod(self.drawn[b], len(bucket))
-            order = bucket[np.random.default_rng([self.seed, b, passes]).permutation(len(bucket))]
-            take = order[offset: offset + self.size - len(index)]
+        index = []
+        while len(index) < min(self.size, len(self.buckets[b])):
+            passes, offset = divmod(self.drawn[b], len(self.buckets[b]))
+            take = self._order(b, passes)[offset: offset + self.size - len(index)]
             index += take.tolist()
             self.drawn[b] += len(take)
         return {k: v.to(self.device) for k, v in self.collate(index).items()}
@@ -173,6 +194,7 @@ class _Run:
     def __init__(self, strategy, data, cfg, ctx, result, checkpoints, stop, on_epoch):
         self.strategy, self.data, self.cfg, self.ctx, self.result = strategy, data, cfg, ctx, result
         self.checkpoints, self.stop, self.on_epoch, self.bar = checkpoints, stop, on_epoch, None
+        self.window: List[Dict[str, float]] = []  # the logs of the batches since the last optimiser step
         # The module that computes the loss: on the device, with autocast, and under DDP with several processes.
         # Wrapped once, before any phase, over every parameter that trains in some phase (modules that a phase
         # creates later, such as ADDA's frozen source encoder, do not train).
@@ -199,8 +221,9 @@ class _Run:
                  accelerator.num_processes, train.grad_accum_steps)
         unlabelled = None
         if phase.unlabelled is not None:
-            unlabelled = _Unlabelled(phase.unlabelled, phase.train, cfg.seed + 1000 + number, batch_size,
-                                     train.pair_by_length, self.ctx, state.drawn)
+            paired = train.pair_by_length and train.group_by_length  # random labelled batches have no length to match
+            unlabelled = _Unlabelled(phase.unlabelled, phase.train, cfg.seed + 1000 + number, batch_size, paired,
+                                     self.ctx, state.drawn)
 
         with self.stop.deferred():  # a stop signal waits for the end of a batch, or of an epoch's evaluation
             for epoch in range(state.epoch + 1, phase.epochs + 1):
@@ -271,33 +294,31 @@ class _Run:
 
     def _step(self, batch: dict, unlabelled: Optional[_Unlabelled], state: PhaseState, optimizer,
               owners: List[Group], scheduler, total_steps: int) -> None:
-        """One batch: the strategy's loss, one backward; at the end of each accumulation, an update of each param
-        group that is due (its ratio and gate), clipped per group, then its weight constraint."""
+        """One batch: the strategy's loss, one backward; at the end of each accumulation, an update of each group
+        that is due (its ratio, and its gate on the window's mean logs), clipped per group, then its clamp."""
         accelerator, train = self.ctx.accelerator, self.cfg.train
         with accelerator.accumulate(self.step_fn):
             with accelerator.autocast():
                 partner = unlabelled.beside(batch) if unlabelled else None
                 loss, logs = self.step_fn(batch, partner, state.step / max(1, total_steps))
             accelerator.backward(loss)
-            updated: Dict[int, tuple] = {}  # id(Group) -> (the Group, its parameters)
+            self.window.append(logs)
+            updated = {}  # id(Group) -> its parameters
             if accelerator.sync_gradients:
                 state.step += 1
-                if accelerator.num_processes > 1 and any(owner.gate for owner in owners):
-                    logs = _mean_over_processes(logs, accelerator)  # every process gates alike
-                for group, owner in zip(optimizer.param_groups, owners):
-                    if owner.updates(state.step, logs):
-                        updated.setdefault(id(owner), (owner, []))[1].extend(group["params"])
-                    else:
-                        for p in group["params"]:
-                            p.grad = None  # AdamW leaves a parameter without a gradient untouched
-                logs = {**logs, **{f"{owner.name}_updated": float(id(owner) in updated)  # history: how often
-                                   for owner in owners if owner.every > 1 or owner.gate}}
+                updated = self._due(state.step, owners, optimizer)
+                for owner in {id(o): o for o in owners}.values():
+                    if owner.every > 1 or owner.gate:  # history: the share of optimiser steps it took
+                        key = f"{owner.name}_updated"
+                        state.logs_sum[key] = state.logs_sum.get(key, 0.0) + len(self.window) * (id(owner) in updated)
+                self.window = []
                 accelerator.unscale_gradients(optimizer)  # fp16: clip the true gradients
                 for owner, params in updated.values():
                     norm = train.max_grad_norm if owner.max_grad_norm is None else owner.max_grad_norm
                     if norm > 0:
                         torch.nn.utils.clip_grad_norm_(params, norm)
-            optimizer.step()  # Accelerate's optimiser steps only at the end of an accumulation
+            if updated or not accelerator.sync_gradients:  # (a step with no group due is no step: fp16 would fail)
+                optimizer.step()  # Accelerate's optimiser steps only at the end of an accumulation
             if accelerator.sync_gradients and not optimizer.step_was_skipped:
                 scheduler.step()
                 with torch.no_grad():
@@ -312,10 +333,30 @@ class _Run:
         for k, v in logs.items():
             state.logs_sum[k] = state.logs_sum.get(k, 0.0) + v
 
+    def _due(self, step: int, owners: List[Group], optimizer) -> Dict[int, tuple]:
+        """The groups that update on this optimiser step, with their parameters; the others' gradients are set to
+        None, which AdamW skips (weights and moments stay as they were). A gate reads the logs of the accumulation
+        window, averaged over it and over the processes, so that every process decides alike."""
+        logs = {k: sum(w[k] for w in self.window) / len(self.window) for k in self.window[-1]}
+        if self.ctx.accelerator.num_processes > 1 and any(owner.gate for owner in owners):
+            logs = _mean_over_processes(logs, self.ctx.accelerator)
+        due = {id(owner): owner.updates(step, logs) for owner in owners}
+        updated: Dict[int, tuple] = {}
+        for group, owner in zip(optimizer.param_groups, owners):
+            if due[id(owner)]:
+                updated.setdefault(id(owner), (owner, []))[1].extend(group["params"])
+            else:
+                for p in group["params"]:
+                    p.grad = None
+        return updated
+
     def _checkpoint(self, number: int, state: PhaseState, strategy, optimizer, scheduler, best_state) -> None:
         if self.checkpoints is None:
             return
-        position = {"phase": number, "state": asdict(state), "result": asdict(self.result)}
+        from accelerate.utils import gather_object
+
+        drawn = gather_object([state.drawn])  # every process draws its own unlabelled batches
+        position = {"phase": number, "state": asdict(state), "drawn_per_process": drawn, "result": asdict(self.result)}
         self.checkpoints.save(position, strategy, optimizer, scheduler, best_state)
 def _mean_over_processes(logs: Dict[str, float], accelerator) -> Dict[str, float]:
     values = accelerator.reduce(torch.tensor(list(logs.values()), device=accelerator.device), reduction="mean")
