@@ -13,6 +13,7 @@ from transfer_cli.losses import GradientReversal, dann_lambda
 from transfer_cli.strategies import Phase, build_strategy
 
 from .test_data import demo_config
+from .test_strategies import batch, snapshot
 
 
 def test_gradient_reversal_flips_and_scales_gradients():
@@ -29,18 +30,6 @@ def test_dann_lambda_schedule():
     assert dann_lambda(1.0) == pytest.approx(2 / (1 + math.exp(-10)) - 1)
     values = [dann_lambda(p / 10) for p in range(11)]
     assert values == sorted(values) and values[-1] > 0.99
-
-
-def batch(n=8, width=12, seed=0, labels=True):
-    g = torch.Generator().manual_seed(seed)
-    b = {"input_ids": torch.randint(1000, 2000, (n, width), generator=g), "attention_mask": torch.ones(n, width, dtype=torch.long)}
-    if labels:
-        b["labels"] = torch.arange(n) % 2
-    return b
-
-
-def snapshot(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 def domain_term_gradient(strategy, source, target):
