@@ -69,7 +69,7 @@ def _optimizer(strategy: Strategy, train: Any, phase: Phase):
 
 def _scheduler(optimizer, owners: List[Group], warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Each param group's schedule: linear warmup then linear decay to 0 at `total` steps, or constant. A plain
-    scheduler, stepped once per optimiser step (Accelerate's would step once per process)."""
+    scheduler, stepped once per optimiser step: one factor per group, which Accelerate's wrapper adds nothing to."""
     def warmup_then_linear_decay(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
