@@ -74,7 +74,8 @@ class DANN(Strategy):
         return [Phase("train", data.source_train, ctx.epochs, unlabelled=data.target_pool, groups=[adversary])]
 
     def encode(self, labelled, unlabelled):
-        """z for the source and target batches (source first), the classifier's logits for both, and their labels."""
+        """z for the source and target batches (source first), the classifier's logits for both, and the domain labels
+        (0 source, 1 target)."""
         bottleneck, classifier = self.split_head()
         z = bottleneck(joint_features(self.model, labelled, unlabelled))
         domain = torch.cat([torch.zeros(len(labelled["input_ids"])), torch.ones(len(unlabelled["input_ids"]))])
