@@ -12,6 +12,7 @@ from torch import nn
 
 from ..config import ModelConfig, PeftConfig, PeftMethod, Pooling, group_options, load_option, run_config_dirs
 from ..errors import TransferError
+from ..losses import BottleneckHead
 
 OFFLINE_HINT = "if you are offline, use model=minilm (packaged, works offline) or set model.name_or_path to a local folder"
 
@@ -67,6 +68,32 @@ def max_positions(config) -> int:
     return limit
 
 
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector per text: the first token's state (cls) or the mean over real tokens (mean)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+HEADS = ("linear", "mlp", "bottleneck")
+
+
+def make_head(features: int, labels: int, dropout: float, kind: str = "linear", width: int = 0) -> nn.Module:
+    """The classification head: linear (dropout, linear), mlp (a hidden ReLU layer `width` wide) or bottleneck
+    (TLlib's, for DANN and CDAN: linear-BatchNorm-ReLU `width` wide, then linear). The head remembers its kind and
+    width, so that an export can rebuild it."""
+    if kind == "bottleneck":
+        head = BottleneckHead(features, width, labels, dropout)
+    elif kind == "mlp":
+        head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, width), nn.ReLU(), nn.Dropout(dropout),
+                             nn.Linear(width, labels))
+    else:
+        head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, labels))
+    head.kind, head.width, head.dropout = kind, width, dropout
+    return head
+
+
 class TransferModel(nn.Module):
     """backbone -> pooled features (`features`) -> logits (`head`).
 
@@ -78,16 +105,13 @@ class TransferModel(nn.Module):
         self.pooling = pooling
         self.feature_dim = backbone.config.hidden_size
         self.num_labels = num_labels
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.feature_dim, num_labels))
+        self.head = make_head(self.feature_dim, num_labels, dropout)
         self.cached_features: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The backbone's pooled features, never from a cache."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return pool(hidden, attention_mask, self.pooling)
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
         if self.cached_features is not None:

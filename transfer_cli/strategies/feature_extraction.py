@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data.batching import TokenizedSet
 from ..outputs import write_atomic
+from ..models import make_head
 from .base import Context, Phase, Strategy, check, set_trainable
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,7 @@ class FeatureExtraction(Strategy):
     def __init__(self, params, model):
         super().__init__(params, model)
         if params.head == "mlp":
-            dropout = model.head[0].p
-            model.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(model.feature_dim, params.hidden), nn.ReLU(),
-                                       nn.Dropout(dropout), nn.Linear(params.hidden, model.num_labels))
+            model.head = make_head(model.feature_dim, model.num_labels, model.head.dropout, "mlp", params.hidden)
         set_trainable(model.backbone, False)
 
     def phases(self, data, ctx: Context) -> Iterable[Phase]:
