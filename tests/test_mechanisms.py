@@ -120,6 +120,20 @@ def test_adda_adaptation_groups_follow_the_reference(tokenizer, tiny_model, tmp_
             assert not encoder.updates(1, {"domain_acc": gate}) and encoder.updates(1, {"domain_acc": gate + 0.01})
 
 
+@pytest.mark.parametrize("name", ["dann", "cdan"])
+def test_dann_discriminator_outpaces_the_encoder(tokenizer, tiny_model, tmp_path, ctx, name):
+    """D has its own Adam, constant and faster than the bottleneck and head (10x the backbone), with a short
+    momentum; the backbone trains with the run's settings."""
+    data = build_data(demo_config(), tokenizer, tmp_path, tmp_path / "cache")
+    strategy = build_strategy({"name": name}, copy.deepcopy(tiny_model))
+    (phase,) = strategy.phases(data, ctx)
+    groups = {g.name: g for g in phase.groups}
+    d, head = groups["discriminator"], groups["head"]
+    assert list(d.modules) == [strategy.discriminator] and list(head.modules) == [strategy.model.head]
+    assert d.schedule == "constant" and d.betas == (0.5, 0.999) and head.schedule == "warmup_linear"
+    assert d.lr == 1e-3 > head.lr == 10 * ctx.lr
+
+
 def test_aad_distils_on_source_and_target_text(tiny_model):
     """KD is zero while the target encoder is the source encoder; once it moves, KD depends on the target batch
     too, and its gradient pulls the encoder back."""

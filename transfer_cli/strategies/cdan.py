@@ -7,8 +7,9 @@ z ⊗ g, so it aligns the class-conditional distributions, not only the marginal
     L = CE(C(z_s), y_s) + w * Σ_i ω_i BCE(D(GRL_λ(z_i ⊗ g_i)), d_i) / Σ_i ω_i,   ω = 1 + exp(-H(g))
 
 with d = 0 for source, 1 for target, and DANN's λ schedule. As in the reference code, g is detached in the map.
-The recipe around it is DANN's, from TLlib's CDAN: the bottleneck z, D with hidden 1024 and BatchNorm, B, C and D at
-10x the backbone's learning rate; the same deviations (AdamW, warmup-then-linear decay, λ over the phase's progress).
+The recipe around it is DANN's, from TLlib's CDAN: the bottleneck z, D with hidden 1024 and BatchNorm, B and C at
+10x the backbone's learning rate; the same deviations (AdamW, warmup-then-linear decay, λ over the phase's progress,
+D's own faster Adam).
 """
 
 from dataclasses import dataclass

@@ -7,12 +7,15 @@ A discriminator D learns to tell source from target features; a gradient-reversa
     λ_p = 2 / (1 + exp(-γ p)) - 1  (γ = 10), p = training progress in [0, 1].
 
 As in TLlib: B is a bottleneck (Linear-BatchNorm-ReLU, 256 wide, after the model's dropout) between the backbone F
-and the classifier C; D
-(hidden 1024, BatchNorm) reads z; B, C and D learn at 10x the backbone's rate (TLlib: backbone at 0.1x the base
-rate); source and target go through one forward pass, so BatchNorm sees both domains.
+and the classifier C; D (hidden 1024, BatchNorm) reads z; B and C learn at 10x the backbone's rate (TLlib: backbone
+at 0.1x the base rate); source and target go through one forward pass, so BatchNorm sees both domains.
 Deviations: AdamW with the run's warmup-then-linear-decay schedule, not SGD with momentum and lr·(1 + 10⁻³ i)^-0.75
 (AdamW is the usual optimiser for transformers); λ follows the phase's progress p, as in the paper, not a fixed 1000
-iterations.
+iterations. D has its own Adam: a constant 1e-3 with β1 = 0.5 (GAN practice), faster than the encoder, as the
+two-timescale rule asks (Heusel et al. 2017). Adam bounds every step by its learning rate however large the
+gradient, so with D at B's rate (TLlib's SGD steps in proportion to D's error) the encoder flipped the domains faster
+than D could follow: D's loss rose to 2-4 (ln 2 is chance) and its accuracy fell to 3-30% within 40 steps, on
+kitchen→dvd and kitchen→movies, and the task loss climbed back to chance (docs/results.md).
 """
 
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import BottleneckHead, DomainDiscriminator, GradientReversal, dann_lambda
+from ..models import make_head
 from .base import Group, Phase, Strategy, check
 
 
@@ -45,7 +49,8 @@ class DANN(Strategy):
         gamma: float = 10.0  # γ of the λ schedule
         hidden: int = 1024  # discriminator width
         bottleneck: int = 256  # B's width (0: none; D reads the pooled features)
-        lr_ratio: float = 10.0  # B, C and D learn at lr_ratio × train.lr
+        lr_ratio: float = 10.0  # B and C learn at lr_ratio × train.lr
+        discriminator_lr: float = 1e-3  # D's own, constant
 
         def __post_init__(self):
             check(self.weight >= 0, f"strategy.weight={self.weight} must be >= 0")
@@ -53,11 +58,12 @@ class DANN(Strategy):
             check(self.hidden >= 1, f"strategy.hidden={self.hidden} must be >= 1")
             check(self.bottleneck >= 0, f"strategy.bottleneck={self.bottleneck} must be >= 0")
             check(self.lr_ratio > 0, f"strategy.lr_ratio={self.lr_ratio} must be > 0")
+            check(self.discriminator_lr > 0, f"strategy.discriminator_lr={self.discriminator_lr} must be > 0")
 
     def __init__(self, params, model):
         super().__init__(params, model)
         if params.bottleneck:
-            model.head = BottleneckHead(model.feature_dim, params.bottleneck, model.num_labels, model.head[0].p)
+            model.head = make_head(model.feature_dim, model.num_labels, model.head.dropout, "bottleneck", params.bottleneck)
         self.grl = GradientReversal()
         self.discriminator = self.make_discriminator(params.bottleneck or model.feature_dim)
 
@@ -70,8 +76,10 @@ class DANN(Strategy):
         return (head.bottleneck, head.classifier) if isinstance(head, BottleneckHead) else (nn.Identity(), head)
 
     def phases(self, data, ctx):
-        adversary = Group("adversary", [self.model.head, self.discriminator], lr=self.params.lr_ratio * ctx.lr)
-        return [Phase("train", data.source_train, ctx.epochs, unlabelled=data.target_pool, groups=[adversary])]
+        head = Group("head", [self.model.head], lr=self.params.lr_ratio * ctx.lr)
+        discriminator = Group("discriminator", [self.discriminator], lr=self.params.discriminator_lr,
+                              betas=(0.5, 0.999), schedule="constant")
+        return [Phase("train", data.source_train, ctx.epochs, unlabelled=data.target_pool, groups=[head, discriminator])]
 
     def encode(self, labelled, unlabelled):
         """z for the source and target batches (source first), the classifier's logits for both, and the domain labels
