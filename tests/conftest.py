@@ -117,3 +117,14 @@ def ctx(tmp_path, tokenizer):
     accelerator = setup(HardwareConfig(name="cpu", device=Device.cpu, precision=Precision.fp32), 0).accelerator
     return Context(epochs=1, seed=0, cache_dir=tmp_path / "cache", accelerator=accelerator,
                    tokenizer=tokenizer, eval_batch_size=32)
+
+
+@pytest.fixture(scope="session")
+def saved_runs(tmp_path_factory, session_env):
+    """A source_only and a dann run on the slice, with their models saved (train.save_model=true)."""
+    root = tmp_path_factory.mktemp("saved-runs")
+    out = subprocess.run([*TRANSFER, "run", "-m", "strategy=source_only,dann", "source=books", "target=dvd",
+                          "train.save_model=true", *SMALL], cwd=root, env=session_env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    return sorted(p.parent.parent for p in root.rglob("model/config.json"))

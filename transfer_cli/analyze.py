@@ -7,8 +7,8 @@ Proxy A-distance (Ben-David et al. 2007; Ganin et al. 2016), with one fixed conv
   is scored on the other half: test error ε;
 - PAD = 2 (1 - 2ε), with ε replaced by 1 - ε when ε > 0.5. 0: indistinguishable domains; 2: perfectly separable.
 
-"Before" is the pretrained backbone the run started from; "after" is the run's trained model, from its `model.pt`
-(runs save it with `train.save_model=true`). A t-SNE plot of both goes beside them.
+"Before" is the pretrained backbone the run started from; "after" is the run's trained model, from its `model/`
+folder (runs save it with `train.save_model=true`). A t-SNE plot of both goes beside them.
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ def tsne_plot(features: Dict[str, np.ndarray], labels: np.ndarray, n_source: int
 
 
 def analyze(run: Path, max_examples: int, tsne: bool) -> Dict[str, float]:
-    import torch
     from omegaconf import OmegaConf
 
     from .config import RunConfig
@@ -73,23 +72,21 @@ def analyze(run: Path, max_examples: int, tsne: bool) -> Dict[str, float]:
     from .data.batching import TokenizedSet
     from .hardware import setup
     from .models import build_model, load_backbone_config, load_tokenizer
+    from .models.exported import TransferForSequenceClassification
     from .training.evaluate import infer
 
-    config_file, weights = run / ".hydra" / "config.yaml", run / "model.pt"
+    config_file, saved = run / ".hydra" / "config.yaml", run / "model" / "config.json"
     if not config_file.exists():
         raise TransferError(f"{run} is not a run folder (no .hydra/config.yaml)")
-    if not weights.exists():
-        raise TransferError(f"{run} has no model.pt; rerun it with train.save_model=true to analyze it")
+    if not saved.exists():
+        raise TransferError(f"{run} has no saved model; rerun it with train.save_model=true to analyze it")
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(config_file)))
     accelerator = setup(cfg.hardware, cfg.seed).accelerator
     tokenizer = load_tokenizer(cfg.model)
     data = build_data(cfg, tokenizer, Path(cfg.paths.data_dir).expanduser(), Path(cfg.paths.cache_dir).expanduser())
     backbone_config = load_backbone_config(cfg.model)
     before = build_model(cfg.model, data.num_labels, len(tokenizer), backbone_config)
-    after = build_model(cfg.model, data.num_labels, len(tokenizer), backbone_config, cfg.peft)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    prefix = "model.backbone."
-    after.backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    after = TransferForSequenceClassification.from_pretrained(saved.parent)
 
     rng = np.random.default_rng(cfg.seed)
     picks = {name: rng.permutation(len(split))[:max_examples] for name, split in (("source", data.source_val), ("target", data.target_test))}

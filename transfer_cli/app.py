@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -270,10 +269,11 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str, stop, progr
         # parallel jobs' bars would garble one terminal; other ranks keep quiet
         result = fit(strategy, data, typed, accelerator, tokenizer, progress_bar=jobs == 1 and main,
                      checkpoints=checkpoints, stop=stop, on_epoch=on_epoch)
-        if typed.train.save_model and main:
-            buffer = io.BytesIO()
-            torch.save(strategy.state_dict(), buffer)
-            write_atomic(folder / "model.pt", buffer.getvalue())
+        if typed.train.save_model and main:  # a Hugging Face folder: what `transfer export` and `predict` read
+            from .models.exported import save_pretrained
+
+            labels = next(iter(typed.target.values())).labels
+            save_pretrained(strategy.model, tokenizer, labels, typed.data.max_length, folder / "model")
         if not typed.train.keep_checkpoints:
             checkpoints.remove()
 

@@ -32,6 +32,12 @@ commands:
   report PATH...    aggregate run and multirun folders: mean ± std over seeds, deltas against source_only
                     and the oracle, negative transfer, label-free selection gaps, failed runs; writes
                     report.md, report.csv, runs.csv, selection.csv and figures
+  export RUN --out DIR
+                    the run's adapted classifier as a Hugging Face folder (safetensors, config with
+                    id2label, tokenizer, model card); runs saved with train.save_model=true
+  predict MODEL --input FILE|-
+                    label texts from CSV, JSONL, Parquet or text lines with a run or exported model;
+                    probabilities as CSV/JSONL, accuracy with --label-column
 
 options:
   -h, --help        show this help
@@ -278,8 +284,16 @@ def dispatch(argv: List[str]) -> None:
         from .report import main as report
 
         report_errors(lambda: report(rest))
+    elif command == "export":
+        from .deploy.export import main as export
+
+        report_errors(lambda: export(rest))
+    elif command == "predict":
+        from .deploy.predict import main as predict
+
+        report_errors(lambda: predict(rest))
     else:
-        print(f"transfer: error: unknown command '{command}'; choose one of: run, list, data, analyze, report (see `transfer --help`)", file=sys.stderr)
+        print(f"transfer: error: unknown command '{command}'; choose one of: run, list, data, analyze, report, export, predict (see `transfer --help`)", file=sys.stderr)
         sys.exit(TransferError.exit_code)
 
 

@@ -76,9 +76,6 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-HEADS = ("linear", "mlp", "bottleneck")
-
-
 def make_head(features: int, labels: int, dropout: float, kind: str = "linear", width: int = 0) -> nn.Module:
     """The classification head: linear (dropout, linear), mlp (a hidden ReLU layer `width` wide) or bottleneck
     (TLlib's, for DANN and CDAN: linear-BatchNorm-ReLU `width` wide, then linear). The head remembers its kind and

@@ -1,0 +1,166 @@
+"""After the run: the saved/exported Hugging Face folder and `transfer predict`, on real reviews."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from transfer_cli.data.loaders import load_domain
+from transfer_cli.models.exported import save_pretrained
+from transfer_cli.strategies import build_strategy
+
+from .conftest import TRANSFER
+from .test_errors import assert_clean_error
+
+
+def reviews(data_dir, domain="dvd", n=40):
+    from transfer_cli.config import DomainConfig, Loader
+
+    ex = load_domain(DomainConfig(name=domain, loader=Loader.blitzer, path=f"amazon-multi-domain/{domain}"), data_dir)
+    return ex.texts[:n], ex.labels[:n]
+
+
+def decisive(model, batch):
+    """The tiny random model, its last layer scaled up and centred on these texts, so that its predictions differ from
+    text to text (in eval mode)."""
+    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    model.eval()
+    with torch.no_grad():
+        last.weight.mul_(50)
+        last.bias.sub_(model(batch["input_ids"], batch["attention_mask"]).mean(0))
+    return model
+
+
+@pytest.mark.parametrize("strategy", ["source_only", "dann", "feature_extraction"])
+def test_exported_model_gives_the_run_models_logits(tiny_model, tokenizer, data_dir, tmp_path, strategy):
+    """Linear, bottleneck (with BatchNorm statistics) and mlp heads: from_pretrained and pipeline load the folder, and
+    its logits are the trained model's, in fp32, on real reviews."""
+    import transfer_cli.hf  # noqa: F401
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    params = {"name": strategy, **({"head": "mlp"} if strategy == "feature_extraction" else {})}
+    model = build_strategy(params, copy.deepcopy(tiny_model)).model
+    texts, _ = reviews(data_dir)
+    batch = tokenizer(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")
+    model.train()
+    model(batch["input_ids"], batch["attention_mask"])  # moves BatchNorm's running statistics off their defaults
+    decisive(model, batch)
+    save_pretrained(model, tokenizer, ["negative", "positive"], 64, tmp_path / "model")
+
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
+    assert type(loaded).__name__ == "TransferForSequenceClassification" and loaded.config.head == model.head.kind
+    with torch.no_grad():
+        expected = model(batch["input_ids"], batch["attention_mask"])
+        got = loaded(**batch).logits
+    assert torch.allclose(expected, got, atol=1e-5) and len(set(expected.argmax(-1).tolist())) == 2
+    classify = pipeline("text-classification", model=str(tmp_path / "model"), truncation=True)
+    labels = [r["label"] for r in classify(texts[:8])]
+    assert labels == [["negative", "positive"][i] for i in expected[:8].argmax(-1).tolist()]
+    assert not (tmp_path / "model" / "model.pt").exists() and (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_predict_file_formats_give_the_models_predictions(tiny_model, tokenizer, data_dir, tmp_path, cli, cli_env):
+    """CSV (with quotes and newlines), JSONL, Parquet and stdin text lines: one output row per text, in the input's
+    order, with the model's own prediction; --label-column scores them."""
+    import pandas as pd
+
+    texts, labels = reviews(data_dir, n=60)
+    texts[3] = 'a "quoted"\nreview, over two lines'
+    batch = tokenizer(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")
+    model = decisive(copy.deepcopy(tiny_model), batch)
+    save_pretrained(model, tokenizer, ["negative", "positive"], 64, tmp_path / "model")
+    with torch.no_grad():
+        expected = model(batch["input_ids"], batch["attention_mask"]).softmax(-1).numpy()
+    names = np.array(["negative", "positive"])
+    frame = pd.DataFrame({"text": texts, "label": names[labels]})
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    frame.to_json(tmp_path / "in.jsonl", orient="records", lines=True)
+    frame.to_parquet(tmp_path / "in.parquet")
+    accuracy = float((expected.argmax(1) == labels).mean())
+    for name in ("in.csv", "in.jsonl", "in.parquet"):
+        out = cli("predict", str(tmp_path / "model"), "--input", str(tmp_path / name), "--label-column", "label",
+                  "--output", str(tmp_path / "out.csv"), "--batch-size", "7")
+        assert out.returncode == 0, out.stderr
+        rows = list(csv.DictReader(open(tmp_path / "out.csv")))
+        assert [r["label"] for r in rows] == list(names[expected.argmax(1)])
+        assert np.allclose([float(r["prob_positive"]) for r in rows], expected[:, 1], atol=1e-5)
+        assert f"accuracy {accuracy:.4f}" in out.stderr and "texts/s" in out.stderr
+    lines = [t.replace("\n", " ") for t in texts[:5]]
+    out = subprocess.run([*TRANSFER, "predict", str(tmp_path / "model"), "--input", "-"], input="\n".join(lines) + "\n",
+                         capture_output=True, text=True, env=cli_env)
+    assert out.returncode == 0, out.stderr
+    assert len([json.loads(line) for line in out.stdout.splitlines()]) == 5
+
+
+def test_saved_run_exports_and_predict_reproduces_its_accuracy(cli, saved_runs, session_env, tmp_path):
+    """A run's saved model, exported with a model card; predict on a CSV of the run's target test split gives the
+    run's target_test_accuracy."""
+    from omegaconf import OmegaConf
+
+    from transfer_cli.config import RunConfig
+    from transfer_cli.data import _limit, _split
+
+    run = next(r for r in saved_runs if "dann" in str(r))
+    out = cli("export", str(run), "--out", str(tmp_path / "exported"))
+    assert out.returncode == 0, out.stderr
+    card = (tmp_path / "exported" / "README.md").read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "# dann: books → dvd" in card and "transfer run" in card and "target_test_accuracy" in card
+    assert json.loads((tmp_path / "exported" / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
+
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(run / ".hydra" / "config.yaml")))
+    ex = load_domain(cfg.target["dvd"], session_env["TRANSFER_DATA_DIR"])
+    _, test = _split(ex, cfg.data.target_test_fraction, cfg.seed)
+    test = _limit(test, cfg.data.max_target_test)
+    with open(tmp_path / "test.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["review", "gold"])
+        writer.writerows([ex.texts[i], int(ex.labels[i])] for i in test)
+    for model in (run, tmp_path / "exported"):  # a run folder or an exported one
+        out = cli("predict", str(model), "--input", str(tmp_path / "test.csv"), "--text-column", "review",
+                  "--label-column", "gold", "--output", str(tmp_path / "p.jsonl"))
+        assert out.returncode == 0, out.stderr
+        assert f"accuracy {metrics['target_test_accuracy']:.4f}" in out.stderr
+        assert sum(1 for _ in open(tmp_path / "p.jsonl")) == len(test)
+
+
+def test_export_and_predict_errors(cli, saved_runs, tmp_path):
+    run = saved_runs[0]
+    assert_clean_error(cli("export", str(tmp_path), "--out", str(tmp_path / "x")), tmp_path, "not a run folder")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    assert_clean_error(cli("export", str(run), "--out", str(tmp_path / "full")), tmp_path, "not empty")
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    assert_clean_error(cli("predict", str(tmp_path), "--input", "x.csv"), tmp_path, "neither a run folder")
+    assert_clean_error(cli("predict", str(run), "--input", str(tmp_path / "none.csv")), tmp_path, "no such input file")
+    (tmp_path / "in.csv").write_text("body,label\nfine,positive\nbad,maybe\n")
+    assert_clean_error(cli("predict", str(run), "--input", str(tmp_path / "in.csv")), tmp_path, "columns are: body, label")
+    out = cli("predict", str(run), "--input", str(tmp_path / "in.csv"), "--text-column", "body", "--label-column",
+              "label", "--output", str(tmp_path / "p.csv"))
+    assert_clean_error(out, tmp_path, "row 2: label 'maybe'")
+    assert not (tmp_path / "p.csv").exists()  # nothing half-written
+
+
+def test_predict_streams_in_constant_memory(tiny_model, tokenizer, tmp_path, session_env):
+    """100k lines take no more memory than 10k: the file is read, predicted and written chunk by chunk."""
+    save_pretrained(tiny_model, tokenizer, ["negative", "positive"], 32, tmp_path / "model")
+
+    def peak_kib(lines: int) -> int:
+        path = tmp_path / f"{lines}.txt"
+        path.write_text("".join(f"review {i}: the plot was fine, the acting less so\n" for i in range(lines)))
+        probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+                 "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        out = subprocess.run([sys.executable, "-c", probe, *TRANSFER, "predict", str(tmp_path / "model"), "--input",
+                              str(path), "--batch-size", "256"], capture_output=True, text=True, env=session_env)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout)
+
+    small, large = peak_kib(10_000), peak_kib(100_000)
+    assert large < small * 1.15, (small, large)
