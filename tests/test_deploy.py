@@ -7,6 +7,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,7 +106,7 @@ def test_saved_run_exports_and_predict_reproduces_its_accuracy(cli, saved_runs, 
     from omegaconf import OmegaConf
 
     from transfer_cli.config import RunConfig
-    from transfer_cli.data import _limit, _split
+    from transfer_cli.data import target_test_texts
 
     run = next(r for r in saved_runs if "dann" in str(r))
     out = cli("export", str(run), "--out", str(tmp_path / "exported"))
@@ -116,19 +117,17 @@ def test_saved_run_exports_and_predict_reproduces_its_accuracy(cli, saved_runs, 
     assert json.loads((tmp_path / "exported" / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
 
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(run / ".hydra" / "config.yaml")))
-    ex = load_domain(cfg.target["dvd"], session_env["TRANSFER_DATA_DIR"])
-    _, test = _split(ex, cfg.data.target_test_fraction, cfg.seed)
-    test = _limit(test, cfg.data.max_target_test)
+    texts, labels = target_test_texts(cfg, Path(session_env["TRANSFER_DATA_DIR"]))
     with open(tmp_path / "test.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["review", "gold"])
-        writer.writerows([ex.texts[i], int(ex.labels[i])] for i in test)
+        writer.writerows(zip(texts, labels.tolist()))
     for model in (run, tmp_path / "exported"):  # a run folder or an exported one
         out = cli("predict", str(model), "--input", str(tmp_path / "test.csv"), "--text-column", "review",
                   "--label-column", "gold", "--output", str(tmp_path / "p.jsonl"))
         assert out.returncode == 0, out.stderr
         assert f"accuracy {metrics['target_test_accuracy']:.4f}" in out.stderr
-        assert sum(1 for _ in open(tmp_path / "p.jsonl")) == len(test)
+        assert sum(1 for _ in open(tmp_path / "p.jsonl")) == len(texts)
 
 
 def test_export_and_predict_errors(cli, saved_runs, tmp_path):
@@ -164,3 +163,60 @@ def test_predict_streams_in_constant_memory(tiny_model, tokenizer, tmp_path, ses
 
     small, large = peak_kib(10_000), peak_kib(100_000)
     assert large < small * 1.15, (small, large)
+
+
+def test_onnx_and_int8_exports_agree_with_pytorch(saved_runs, tiny_model, tokenizer, data_dir, tmp_path, cli):
+    """fp32 ONNX and int8 ONNX (a quarter of the weights' bytes) give PyTorch's labels on >= 98% of real reviews;
+    predict runs them through onnxruntime."""
+    import shutil
+
+    texts, labels = reviews(data_dir, "kitchen", n=200)
+    batch = tokenizer(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")
+    run = tmp_path / "run"
+    shutil.copytree(saved_runs[0], run, ignore=shutil.ignore_patterns("model"))
+    save_pretrained(decisive(copy.deepcopy(tiny_model), batch), tokenizer, ["negative", "positive"], 64, run / "model")
+    with open(tmp_path / "in.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["text"], *([t] for t in texts)])
+    predictions = {}
+    for name, options in (("pytorch", []), ("onnx", ["--format", "onnx"]), ("int8", ["--quantize", "int8"])):
+        out = cli("export", str(run), "--out", str(tmp_path / name), *options)
+        assert out.returncode == 0, out.stderr
+        out = cli("predict", str(tmp_path / name), "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / f"{name}.csv"))
+        assert out.returncode == 0, out.stderr
+        assert ("onnxruntime" in out.stderr) == (name != "pytorch")
+        predictions[name] = [row["label"] for row in csv.DictReader(open(tmp_path / f"{name}.csv"))]
+    assert len(set(predictions["pytorch"])) == 2
+    assert predictions["onnx"] == predictions["pytorch"]
+    agreement = np.mean([a == b for a, b in zip(predictions["int8"], predictions["pytorch"])])
+    assert agreement >= 0.98
+    assert not (tmp_path / "int8" / "model.safetensors").exists()
+    size = lambda name, file: (tmp_path / name / file).stat().st_size  # noqa: E731
+    assert size("int8", "model.onnx") < 0.35 * size("onnx", "model.onnx")
+
+
+def test_pruning_drops_the_weakest_feed_forward_neurons(saved_runs, tiny_model, tokenizer, data_dir, tmp_path, cli):
+    """--prune 0.5 halves every layer's feed-forward width; when half the neurons carry no weight, those are the
+    ones dropped, and the logits do not change."""
+    import shutil
+
+    import transfer_cli.hf  # noqa: F401
+    from transformers import AutoModelForSequenceClassification
+
+    texts, _ = reviews(data_dir, n=20)
+    batch = tokenizer(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")
+    model = decisive(copy.deepcopy(tiny_model), batch)
+    with torch.no_grad():
+        for layer in model.backbone.encoder.layer:  # neurons 1, 3, 5, ...: no input weights, GELU(0) = 0 out
+            layer.intermediate.dense.weight[1::2] = 0
+            layer.intermediate.dense.bias[1::2] = 0
+        expected = model(batch["input_ids"], batch["attention_mask"])
+    run = tmp_path / "run"
+    shutil.copytree(saved_runs[0], run, ignore=shutil.ignore_patterns("model"))
+    save_pretrained(model, tokenizer, ["negative", "positive"], 64, run / "model")
+    out = cli("export", str(run), "--out", str(tmp_path / "pruned"), "--prune", "0.5")
+    assert out.returncode == 0, out.stderr
+    pruned = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pruned")
+    assert pruned.config.encoder["intermediate_size"] == 32 and pruned.backbone.encoder.layer[0].intermediate.dense.out_features == 32
+    with torch.no_grad():
+        assert torch.allclose(pruned(**batch).logits, expected, atol=1e-5)
+    assert_clean_error(cli("export", str(run), "--out", str(tmp_path / "x"), "--prune", "1"), tmp_path / "x", "--prune=1.0")

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,6 +47,17 @@ def write_atomic(path: Path, content: Union[str, bytes]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def publish_folder(staging: Path, folder: Path) -> None:
+    """Move a folder written in full beside its destination into place (replacing an older one): readers see the
+    whole folder or none. mkdtemp made it private; outputs are ordinary folders."""
+    os.chmod(staging, 0o777 & ~_UMASK)
+    for file in staging.rglob("*"):
+        os.chmod(file, (0o777 if file.is_dir() else 0o666) & ~_UMASK)
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
 
 
 def write_json(path: Path, data: Dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -78,6 +78,25 @@ def _limit(index: np.ndarray, limit: Optional[int]) -> np.ndarray:
     return index if limit is None else index[:limit]
 
 
+def _target_split(ex: Examples, cfg) -> Tuple[np.ndarray, np.ndarray]:
+    """The target's (pool, test) indices: a held-out split, or (transductive) the same examples twice."""
+    d = cfg.data
+    if cfg.protocol == "transductive":
+        pool = test = _limit(np.random.default_rng(cfg.seed).permutation(len(ex)), d.max_target_test)
+    else:
+        pool, test = _split(ex, d.target_test_fraction, cfg.seed)
+        pool, test = _limit(pool, d.max_target_pool), _limit(test, d.max_target_test)
+    return pool, test
+
+
+def target_test_texts(cfg, data_dir: Path) -> Tuple[List[str], np.ndarray]:
+    """The raw texts and labels of a run's target test split (to check an exported model on what the run tested)."""
+    (target,) = cfg.target.values()
+    ex = load_domain(target, data_dir)
+    _, test = _target_split(ex, cfg)
+    return [ex.texts[i] for i in test], ex.labels[test]
+
+
 def build_data(cfg, tokenizer, data_dir: Path, cache_dir: Path) -> RunData:
     """Load every source and the target domain, split them for `cfg.seed`, and tokenize (cached)."""
     d = cfg.data
@@ -100,11 +119,7 @@ def build_data(cfg, tokenizer, data_dir: Path, cache_dir: Path) -> RunData:
     ex = load_domain(target, data_dir)
     ids = tokens(ex)
     transductive = cfg.protocol == "transductive"
-    if transductive:
-        pool = test = _limit(np.random.default_rng(cfg.seed).permutation(len(ex)), d.max_target_test)
-    else:
-        pool, test = _split(ex, d.target_test_fraction, cfg.seed)
-        pool, test = _limit(pool, d.max_target_pool), _limit(test, d.max_target_test)
+    pool, test = _target_split(ex, cfg)
     validation = np.sort(np.random.default_rng(cfg.seed).permutation(len(pool))[: d.max_target_validation])
     return RunData(
         source_train=TokenizedSet(train_ids, np.concatenate(train_labels)),

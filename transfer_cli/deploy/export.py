@@ -9,14 +9,18 @@ with `AutoModelForSequenceClassification.from_pretrained(DIR)` or `pipeline("tex
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
 import shutil
 import tempfile
 from pathlib import Path
+import warnings
 from typing import List
 
 from .. import __version__
 from ..errors import TransferError
-from ..outputs import read_json, write_atomic
+from ..outputs import publish_folder, read_json, write_atomic
 
 CARD_METRICS = ["target_test_accuracy", "target_test_f1_macro", "source_val_accuracy", "selection", "selection_score",
                 "oracle", "target_labels_used", "source_train_size", "target_pool_size", "target_test_size"]
@@ -80,7 +84,98 @@ or `transfer predict path/to/this/folder --input reviews.csv`.
 """
 
 
-def export(run: Path, out: Path) -> Path:
+# Texts of many lengths, to trace the ONNX graph and to check it against PyTorch.
+SAMPLE = ["Great.", "Terrible product, it broke after two days and support never answered.",
+          "The plot drags in the middle, but the last hour is wonderful and the actors are superb throughout.",
+          "Not what I expected", "I have read this book three times now; each time I find something new in it, "
+          "and I recommend it to anyone who likes slow, careful novels about families and the places they live in."]
+
+
+def prune_ffn(folder: Path, fraction: float) -> int:
+    """Structured pruning, in place: drop `fraction` of the feed-forward neurons of every transformer layer, those
+    with the smallest ||w_in|| · ||w_out|| (the weights into and out of the neuron), and save the smaller model. The
+    same count per layer, so that the config's intermediate size describes it. (Attention heads stay: transformers
+    5 dropped prune_heads, and a config holds one head count for all layers.) Returns the neurons kept per layer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from .. import hf  # noqa: F401 (registers the exported class)
+
+    hf_logging.disable_progress_bar()
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    encoder = model.backbone.config
+    key = next((k for k in ("intermediate_size", "hidden_dim", "ffn_dim") if isinstance(getattr(encoder, k, None), int)), None)
+    if key is None:
+        raise TransferError(f"cannot prune a {encoder.model_type} backbone: its config names no feed-forward width")
+    width = getattr(encoder, key)
+    keep = max(1, round(width * (1 - fraction)))
+    linears = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Linear)]
+    into = [m for m in linears if m.out_features == width]
+    out_of = [m for m in linears if m.in_features == width]
+    if not into or len(into) != len(out_of):
+        raise TransferError(f"cannot find the feed-forward layers of this {encoder.model_type} backbone to prune")
+    with torch.no_grad():
+        for a, b in zip(into, out_of):
+            score = a.weight.norm(dim=1) * b.weight.norm(dim=0)
+            kept = score.topk(keep).indices.sort().values
+            a.weight = torch.nn.Parameter(a.weight[kept].clone())
+            a.bias = torch.nn.Parameter(a.bias[kept].clone()) if a.bias is not None else None
+            b.weight = torch.nn.Parameter(b.weight[:, kept].clone())
+            a.out_features = b.in_features = keep
+    setattr(encoder, key, keep)
+    model.config.encoder = encoder.to_diff_dict()
+    model.save_pretrained(folder)
+    return keep
+
+
+def to_onnx(folder: Path, quantize: bool) -> dict:
+    """Replace the folder's safetensors weights by model.onnx (outputs: logits and the pooled features; dynamic batch
+    and length), int8 with onnxruntime's dynamic quantisation of the weights of every MatMul when `quantize`.
+    Returns the check against PyTorch on SAMPLE: the largest probability difference and the label agreement."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from .. import hf  # noqa: F401 (registers the exported class)
+    from .runtime import ONNX_FILE, Classifier
+
+    hf_logging.disable_progress_bar()
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+
+    class Graph(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            features = model.encode(input_ids, attention_mask)
+            return model.head(features), features
+
+    sample = tokenizer(SAMPLE, truncation=True, padding=True, return_tensors="pt")
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    length = torch.export.Dim("length", min=2, max=min(tokenizer.model_max_length, model.config.encoder_config().max_position_embeddings))
+    dynamic = {name: {0: torch.export.Dim("batch"), 1: length} for name in ("input_ids", "attention_mask")}
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter's chatter
+        warnings.simplefilter("ignore")
+        expected = model(sample["input_ids"], sample["attention_mask"]).logits.softmax(-1).numpy()
+        program = torch.onnx.export(Graph(), (sample["input_ids"], sample["attention_mask"]), dynamo=True,
+                                    input_names=["input_ids", "attention_mask"], output_names=["logits", "features"],
+                                    dynamic_shapes=dynamic, verbose=False)
+    fp32 = folder / ("model.fp32.onnx" if quantize else ONNX_FILE)
+    program.save(str(fp32), external_data=False)
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        logging.getLogger().setLevel(logging.ERROR)  # onnxruntime suggests pre-processing on the root logger
+        quantize_dynamic(str(fp32), str(folder / ONNX_FILE), weight_type=QuantType.QInt8)
+        fp32.unlink()
+    (folder / "model.safetensors").unlink()
+    got, _ = Classifier(folder)(sample["input_ids"].numpy(), sample["attention_mask"].numpy())
+    return {"max_probability_difference": float(np.abs(got - expected).max()),
+            "label_agreement": float((got.argmax(1) == expected.argmax(1)).mean())}
+
+
+def export(run: Path, out: Path, onnx: bool = False, quantize: bool = False, prune: float = 0.0) -> dict:
+    """Write the export into `out` (new or empty), whole or not at all. Returns the ONNX check, if any."""
     source = saved_model(run)
     if out.exists() and any(out.iterdir()):
         raise TransferError(f"{out} exists and is not empty; choose a new --out folder or remove it")
@@ -90,17 +185,35 @@ def export(run: Path, out: Path) -> Path:
         for file in source.iterdir():
             shutil.copy2(file, staging / file.name)
         write_atomic(staging / "README.md", model_card(run))
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
+        if prune:
+            prune_ffn(staging, prune)
+        check = to_onnx(staging, quantize) if onnx or quantize else {}
+        publish_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out
+    return check
 
 
 def main(argv: List[str]) -> None:
     parser = argparse.ArgumentParser(prog="transfer export", description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a run folder saved with train.save_model=true")
     parser.add_argument("--out", type=Path, required=True, help="the folder to write (new or empty)")
+    parser.add_argument("--format", choices=["pytorch", "onnx"], default="pytorch",
+                        help="safetensors for PyTorch/transformers, or model.onnx for onnxruntime (default: %(default)s)")
+    parser.add_argument("--quantize", choices=["int8"], help="dynamic int8 weights (onnxruntime's quantiser; implies onnx)")
+    parser.add_argument("--prune", type=float, default=0.0, metavar="FRACTION",
+                        help="drop this fraction of every layer's feed-forward neurons, the weakest by weight norm")
     args = parser.parse_args(argv)
-    print(f"exported: {export(args.run, args.out)}")
+    if not 0 <= args.prune < 1:
+        raise TransferError(f"--prune={args.prune} must be in [0, 1), the fraction of feed-forward neurons to drop")
+    onnx = args.format == "onnx" or args.quantize == "int8"
+    if onnx:
+        try:
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise TransferError('ONNX export needs the onnx extra: pip install ".[onnx]" in the transfer checkout') from None
+    check = export(args.run, args.out, onnx, args.quantize == "int8", args.prune)
+    detail = (f" (onnxruntime against PyTorch: labels agree on {check['label_agreement']:.0%} of {len(SAMPLE)} texts, "
+              f"probabilities within {check['max_probability_difference']:.1e})") if check else ""
+    print(f"exported: {args.out}{detail}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import sys
 import time
@@ -24,17 +23,6 @@ from ..errors import TransferError
 
 CHUNK = 4096  # texts read, sorted and predicted at a time
 FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text"}
-
-
-def model_folder(path: Path) -> Path:
-    """An exported folder, or a run folder's saved model."""
-    if (path / "config.json").exists():
-        return path
-    if (path / "model" / "config.json").exists():
-        return path / "model"
-    if (path / ".hydra").exists():
-        raise TransferError(f"run {path} has no saved model; run it again with train.save_model=true")
-    raise TransferError(f"{path} is neither a run folder nor an exported model folder (no config.json)")
 
 
 def input_format(path: str, given: Optional[str]) -> str:
@@ -120,47 +108,31 @@ def label_ids(values: list, label2id: dict, start: int) -> np.ndarray:
 
 def predict_file(model_path: Path, path: str, fmt: Optional[str], output: Optional[Path], text_column: str,
                  label_column: Optional[str], batch_size: int, progress: bool = True) -> dict:
-    import torch
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from sklearn.metrics import accuracy_score, f1_score
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ..data.batching import TokenizedSet, eval_loader
-    from ..hf import TransferForSequenceClassification  # noqa: F401 (registers the exported class)
+    from .runtime import Classifier, model_folder
 
-    from transformers.utils import logging as hf_logging
-
-    folder = model_folder(model_path)
+    model_folder(model_path)
     fmt = input_format(path, fmt)
     if path != "-" and not Path(path).is_file():
         raise TransferError(f"no such input file: {path}")
-    hf_logging.disable_progress_bar()
+    classifier = Classifier(model_path)
     out_fmt = "csv" if output and output.suffix.lower() in (".csv", ".tsv") else "jsonl"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder).to(device).eval()
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    max_length = min(tokenizer.model_max_length, getattr(model.config.encoder_config(), "max_position_embeddings", 512))
-
     staging = output.with_name(f".{output.name}.partial") if output else None
     stream = open(staging, "w", encoding="utf-8", newline="") if staging else sys.stdout
-    writer = Writer(stream, out_fmt, labels)
+    writer = Writer(stream, out_fmt, classifier.labels)
     gold, predicted, count, started = [], [], 0, time.perf_counter()
     columns = [SpinnerColumn(), TextColumn("predict: {task.completed} texts"), TimeElapsedColumn()]
     try:
-        with Progress(*columns, disable=not progress, console=Console(stderr=True)) as bar, torch.no_grad():
+        with Progress(*columns, disable=not progress, console=Console(stderr=True)) as bar:
             task = bar.add_task("predict", total=None)
             for texts, gold_labels in read_chunks(path, fmt, text_column, label_column):
-                ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-                data = TokenizedSet([np.asarray(i, dtype=np.int64) for i in ids], np.zeros(len(ids), dtype=np.int64))
-                probabilities = np.zeros((len(ids), len(labels)), dtype=np.float32)
-                for batch in eval_loader(data, batch_size, tokenizer.pad_token_id or 0):
-                    logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).logits
-                    probabilities[batch["index"].numpy()] = torch.softmax(logits.float(), -1).cpu().numpy()
+                probabilities, _ = classifier.predict(classifier.tokenize(texts), batch_size)
                 writer.write(probabilities)
                 if gold_labels is not None:
-                    gold.append(label_ids(gold_labels, model.config.label2id, count))
+                    gold.append(label_ids(gold_labels, classifier.label2id, count))
                     predicted.append(probabilities.argmax(1))
                 count += len(texts)
                 bar.update(task, advance=len(texts))
@@ -173,7 +145,8 @@ def predict_file(model_path: Path, path: str, fmt: Optional[str], output: Option
             staging.unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - started
-    summary = {"texts": count, "seconds": round(seconds, 3), "texts_per_second": round(count / max(seconds, 1e-9), 1)}
+    summary = {"texts": count, "seconds": round(seconds, 3), "texts_per_second": round(count / max(seconds, 1e-9), 1),
+               "runtime": classifier.device}
     if gold:
         y, p = np.concatenate(gold), np.concatenate(predicted)
         summary.update(accuracy=float(accuracy_score(y, p)), f1_macro=float(f1_score(y, p, average="macro")))
@@ -194,7 +167,8 @@ def main(argv: List[str]) -> None:
         raise TransferError(f"--batch-size={args.batch_size} must be >= 1")
     summary = predict_file(args.model, args.input, args.format, args.output, args.text_column, args.label_column,
                            args.batch_size, progress=sys.stderr.isatty())
-    parts = [f"{summary['texts']} texts in {summary['seconds']:.1f} s ({summary['texts_per_second']:.0f} texts/s)"]
+    parts = [f"{summary['texts']} texts in {summary['seconds']:.1f} s ({summary['texts_per_second']:.0f} texts/s on "
+             f"{summary['runtime']})"]
     if "accuracy" in summary:
         parts.append(f"accuracy {summary['accuracy']:.4f}, macro-F1 {summary['f1_macro']:.4f}")
     print("predict: " + "; ".join(parts) + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)

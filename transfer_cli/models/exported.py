@@ -27,6 +27,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..errors import TransferError
+from ..outputs import publish_folder
 from . import TransferModel, make_head, pool
 
 
@@ -114,8 +115,6 @@ def save_pretrained(model: TransferModel, tokenizer, labels: List[str], max_leng
         tokenizer = copy.deepcopy(tokenizer)
         tokenizer.model_max_length = max_length
         tokenizer.save_pretrained(staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
+        publish_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
