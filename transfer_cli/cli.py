@@ -38,6 +38,8 @@ commands:
   predict MODEL --input FILE|-
                     label texts from CSV, JSONL, Parquet or text lines with a run or exported model;
                     probabilities as CSV/JSONL, accuracy with --label-column
+  serve MODEL       an HTTP service: POST /predict, GET /health, GET /metrics (Prometheus); micro-batched,
+                    bearer-token auth, size limits
 
 options:
   -h, --help        show this help
@@ -292,8 +294,12 @@ def dispatch(argv: List[str]) -> None:
         from .deploy.predict import main as predict
 
         report_errors(lambda: predict(rest))
+    elif command == "serve":
+        from .deploy.serve import main as serve
+
+        report_errors(lambda: serve(rest))
     else:
-        print(f"transfer: error: unknown command '{command}'; choose one of: run, list, data, analyze, report, export, predict (see `transfer --help`)", file=sys.stderr)
+        print(f"transfer: error: unknown command '{command}'; choose one of: run, list, data, analyze, report, export, predict, serve (see `transfer --help`)", file=sys.stderr)
         sys.exit(TransferError.exit_code)
 
 
