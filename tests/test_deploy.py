@@ -220,3 +220,33 @@ def test_pruning_drops_the_weakest_feed_forward_neurons(saved_runs, tiny_model, 
     with torch.no_grad():
         assert torch.allclose(pruned(**batch).logits, expected, atol=1e-5)
     assert_clean_error(cli("export", str(run), "--out", str(tmp_path / "x"), "--prune", "1"), tmp_path / "x", "--prune=1.0")
+
+
+def test_init_from_starts_from_the_adapted_model(tiny_model, tokenizer, tmp_path):
+    """The encoder (and a matching linear head) come from the saved folder, not from the pretrained weights."""
+    from transfer_cli.config import ModelConfig
+    from transfer_cli.models import build_model
+
+    save_pretrained(tiny_model, tokenizer, ["negative", "positive"], 64, tmp_path / "model")
+    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+             "max_position_embeddings": 128}
+    torch.manual_seed(1)  # a different random init than tiny_model's
+    fresh = build_model(ModelConfig(name="tiny", random_init=shape), 2, len(tokenizer))
+    torch.manual_seed(1)
+    started = build_model(ModelConfig(name="tiny", random_init=shape), 2, len(tokenizer), init_from=tmp_path)
+    for name, weight in tiny_model.state_dict().items():
+        assert torch.equal(started.state_dict()[name], weight), name
+    assert not torch.equal(fresh.state_dict()["head.1.weight"], tiny_model.state_dict()["head.1.weight"])
+
+
+def test_init_from_in_a_run(cli, saved_runs, tmp_path):
+    from .conftest import SMALL
+
+    quoted = f"init_from='{saved_runs[0]}'"  # a sweep job's folder name holds = and ,
+    out = cli("run", quoted, "source=books", "target=dvd", *SMALL)
+    assert out.returncode == 0, out.stderr
+    (metrics,) = [json.loads(p.read_text()) for p in tmp_path.rglob("metrics.json")]
+    assert metrics["init_from"] == str(saved_runs[0])
+    assert_clean_error(cli("run", f"init_from={tmp_path / 'nothing'}", *SMALL), tmp_path / "x", "init_from=")
+    bigger = [*SMALL, "model.random_init.hidden_size=64"]
+    assert_clean_error(cli("run", quoted, *bigger), tmp_path / "x", "does not match model=tiny")

@@ -49,6 +49,8 @@ def validate(cfg: Any) -> None:
         (0 < d.source_val_fraction < 1, f"data.source_val_fraction={d.source_val_fraction} must be in (0, 1)"),
         (0 < d.target_test_fraction < 1, f"data.target_test_fraction={d.target_test_fraction} must be in (0, 1)"),
         (cfg.hardware.threads >= 0, f"hardware.threads={cfg.hardware.threads} must be >= 0 (0 = all cores)"),
+        (cfg.init_from is None or Path(cfg.init_from).expanduser().exists(),
+         f"init_from={cfg.init_from} does not exist; give a run folder saved with train.save_model=true or an exported folder"),
         (len(cfg.source) >= 1, "choose at least one source domain, e.g. source=books"),
         (len(cfg.target) == 1, f"choose exactly one target domain, e.g. target=movies (got {list(cfg.target)})"),
     ]
@@ -258,7 +260,8 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str, stop, progr
         data_seconds = time.perf_counter() - t0
         log.info("data: %s", data.sizes())
 
-        model = build_model(typed.model, data.num_labels, len(tokenizer), backbone_config, typed.peft)
+        init_from = Path(typed.init_from).expanduser() if typed.init_from else None
+        model = build_model(typed.model, data.num_labels, len(tokenizer), backbone_config, typed.peft, init_from)
         strategy = strategy_cls(params, model)
         checkpoints = Checkpoints(folder, accelerator, digest)
 
@@ -288,6 +291,7 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str, stop, progr
         "oracle": strategy_cls.oracle,
         "target_labels": strategy_cls.target_labels,
         "target_labels_used": data.target_labels_used,
+        "init_from": typed.init_from,
         "seed": typed.seed,
         "config_digest": digest,
         "device": hardware.device,

@@ -213,6 +213,7 @@ class RunConfig:
     # folder's path; null = only the run's own folder (a sweep job's, or hydra.run.dir set to the killed run's)
     resume: Optional[str] = None
     logger: Logger = Logger.none  # experiment tracking: none | tensorboard | mlflow | csv
+    init_from: Optional[str] = None  # a run folder (saved model) or an exported folder to start from: transfer again
 
 
 def search_dirs(argv: List[str]) -> List[Path]:

@@ -9,20 +9,9 @@ from typing import List, Tuple
 
 import numpy as np
 
-from ..errors import TransferError
+from ..models.exported import model_folder
 
 ONNX_FILE = "model.onnx"
-
-
-def model_folder(path: Path) -> Path:
-    """An exported folder, or a run folder's saved model."""
-    if (path / "config.json").exists():
-        return path
-    if (path / "model" / "config.json").exists():
-        return path / "model"
-    if (path / ".hydra").exists():
-        raise TransferError(f"run {path} has no saved model; run it again with train.save_model=true")
-    raise TransferError(f"{path} is neither a run folder nor an exported model folder (no config.json)")
 
 
 class Classifier:

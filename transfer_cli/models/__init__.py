@@ -163,8 +163,10 @@ def apply_peft(backbone: nn.Module, peft: PeftConfig) -> nn.Module:
         raise TransferError(f"peft={peft.name}: {str(e).splitlines()[0]}; check peft.options") from None
 
 
-def build_model(model: Any, num_labels: int, vocab_size: int, config=None, peft: Optional[PeftConfig] = None) -> TransferModel:
-    """`config`: the backbone config when the caller has already loaded it (to check limits)."""
+def build_model(model: Any, num_labels: int, vocab_size: int, config=None, peft: Optional[PeftConfig] = None,
+                init_from: Optional[Path] = None) -> TransferModel:
+    """`config`: the backbone config when the caller has already loaded it (to check limits). `init_from`: a saved
+    or exported model folder whose weights replace the pretrained ones (transfer again from an adapted model)."""
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -177,6 +179,10 @@ def build_model(model: Any, num_labels: int, vocab_size: int, config=None, peft:
     else:
         backbone = _load("weights", AutoModel.from_pretrained, resolve_path(model), model)
     result = TransferModel(backbone, num_labels, Pooling(model.pooling).value, model.dropout)
+    if init_from is not None:
+        from .exported import load_adapted
+
+        load_adapted(result, init_from, model.name)
     if model.freeze_embeddings or model.freeze_layers:
         freeze(result, model.freeze_embeddings, model.freeze_layers)
     if peft is not None and peft.method != PeftMethod.none:

@@ -118,3 +118,32 @@ def save_pretrained(model: TransferModel, tokenizer, labels: List[str], max_leng
         publish_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def model_folder(path: Path) -> Path:
+    """An exported folder, or a run folder's saved model."""
+    if (path / "config.json").exists():
+        return path
+    if (path / "model" / "config.json").exists():
+        return path / "model"
+    if (path / ".hydra").exists():
+        raise TransferError(f"run {path} has no saved model; run it again with train.save_model=true")
+    raise TransferError(f"{path} is neither a run folder nor an exported model folder (no config.json)")
+
+
+def load_adapted(model: TransferModel, path: Path, model_name: str) -> None:
+    """Start from an adapted model: its encoder always, its head too where the label count and pooling match (a
+    strategy with a head of its own, such as DANN's bottleneck, builds a fresh one). ONNX exports have no weights to
+    start from."""
+    folder = model_folder(path)
+    if not (folder / "model.safetensors").exists():
+        raise TransferError(f"init_from={path} has no safetensors weights (an ONNX export?); use the run folder or a "
+                            "PyTorch export")
+    saved = TransferForSequenceClassification.from_pretrained(folder)
+    try:
+        model.backbone.load_state_dict(saved.backbone.state_dict())
+    except RuntimeError:
+        raise TransferError(f"init_from={path} holds a {saved.config.encoder.get('model_type')} encoder that does not "
+                            f"match model={model_name}; choose the model that run used") from None
+    if saved.config.num_labels == model.num_labels and saved.config.head == "linear" and saved.config.pooling == model.pooling:
+        model.head.load_state_dict(saved.head.state_dict())
