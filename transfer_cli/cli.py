@@ -6,6 +6,7 @@ HYDRA_FULL_ERROR=1 or TRANSFER_DEBUG=1)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -260,6 +261,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(130)
 
 
+SUBCOMMANDS = {"data": ".data.download", "analyze": ".analyze", "report": ".report", "export": ".deploy.export",
+               "predict": ".deploy.predict", "serve": ".deploy.serve"}
+
+
 def dispatch(argv: List[str]) -> None:
     command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
     if command in ("-h", "--help", "help"):
@@ -274,32 +279,12 @@ def dispatch(argv: List[str]) -> None:
         run(argv)
     elif command == "list":
         list_options(rest)
-    elif command == "data":
-        from .data.download import main as data
-
-        report_errors(lambda: data(rest))
-    elif command == "analyze":
-        from .analyze import main as analyze
-
-        report_errors(lambda: analyze(rest))
-    elif command == "report":
-        from .report import main as report
-
-        report_errors(lambda: report(rest))
-    elif command == "export":
-        from .deploy.export import main as export
-
-        report_errors(lambda: export(rest))
-    elif command == "predict":
-        from .deploy.predict import main as predict
-
-        report_errors(lambda: predict(rest))
-    elif command == "serve":
-        from .deploy.serve import main as serve
-
-        report_errors(lambda: serve(rest))
+    elif command in SUBCOMMANDS:  # argparse commands, imported on use
+        entry = importlib.import_module(SUBCOMMANDS[command], __package__).main
+        report_errors(lambda: entry(rest))
     else:
-        print(f"transfer: error: unknown command '{command}'; choose one of: run, list, data, analyze, report, export, predict, serve (see `transfer --help`)", file=sys.stderr)
+        print(f"transfer: error: unknown command '{command}'; choose one of: run, list, {', '.join(SUBCOMMANDS)} "
+              "(see `transfer --help`)", file=sys.stderr)
         sys.exit(TransferError.exit_code)
 
 
