@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from transfer_cli.analyze import proxy_a_distance
+from transfer_cli.distance import proxy_a_distance
 
 from .test_errors import assert_clean_error
 

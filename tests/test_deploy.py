@@ -250,3 +250,28 @@ def test_init_from_in_a_run(cli, saved_runs, tmp_path):
     assert_clean_error(cli("run", f"init_from={tmp_path / 'nothing'}", *SMALL), tmp_path / "x", "init_from=")
     bigger = [*SMALL, "model.random_init.hidden_size=64"]
     assert_clean_error(cli("run", quoted, *bigger), tmp_path / "x", "does not match model=tiny")
+
+
+def test_drift_monitor_alerts_on_another_domain_only(tiny_model, tokenizer, data_dir, caplog):
+    """Reference: half the books reviews. More books reviews keep it quiet; electronics and kitchen reviews, which
+    the encoder's features tell apart from books, raise one warning each time the distance crosses the threshold."""
+    from transfer_cli.deploy.drift import DriftMonitor
+
+    def features(domain):
+        texts, _ = reviews(data_dir, domain, n=100)
+        batch = tokenizer(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            return tiny_model.eval().encode(batch["input_ids"], batch["attention_mask"]).numpy()
+
+    books = features("books")
+    uniform = np.full((50, 2), 0.5)
+    for domain, drifted in (("books", False), ("electronics", True), ("kitchen", True)):
+        monitor = DriftMonitor({"features": books[::2], "probabilities": uniform}, ["negative", "positive"],
+                               window=50, every=25, threshold=0.5)
+        stream = books[1::2] if domain == "books" else features(domain)[:50]
+        caplog.clear()
+        for start in range(0, 50, 10):  # served in batches of 10
+            monitor.observe(stream[start:start + 10], uniform[:10])
+        state = monitor.report()
+        assert state["window_texts"] == 50 and state["alert"] == drifted, (domain, state["pad"])
+        assert len([r for r in caplog.records if "transfer again" in r.getMessage()]) == int(drifted)

@@ -8,6 +8,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,11 +43,14 @@ def served(tmp_path_factory, tokenizer, session_env, data_dir):
     model = decisive(copy.deepcopy(model), batch)
     with torch.no_grad():
         expected = [["negative", "positive"][i] for i in model(batch["input_ids"], batch["attention_mask"]).argmax(-1)]
+        features = model.encode(batch["input_ids"], batch["attention_mask"]).numpy()
     folder = tmp_path_factory.mktemp("served") / "model"
-    save_pretrained(model, tokenizer, ["negative", "positive"], 64, folder)
+    reference = {"features": features, "probabilities": np.full((len(features), 2), 0.5)}
+    save_pretrained(model, tokenizer, ["negative", "positive"], 64, folder, reference)
     port = free_port()
     process = subprocess.Popen([*TRANSFER, "serve", str(folder), "--port", str(port), "--token", TOKEN,
-                                "--max-bytes", "20000", "--max-texts", "64"], env=session_env,
+                                "--max-bytes", "20000", "--max-texts", "64", "--drift-window", "40",
+                                "--drift-every", "10"], env=session_env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -111,6 +115,10 @@ def test_concurrent_requests_are_all_answered_in_micro_batches(served):
     assert samples[("transfer_texts_total", ())] >= sum(n for _, n in jobs)
     assert samples[("transfer_batch_texts_count", ())] < len(jobs)  # requests shared batches
     assert samples[("transfer_request_seconds_count", ())] >= 100
+    # the drift monitor saw the traffic: its window is full and it compared it with the reference
+    assert samples[("transfer_drift_window_texts", ())] == 40 and ("transfer_drift_pad", ()) in samples
+    drift = httpx.get(f"{url}/drift", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert drift["status"] in ("ok", "drift") and drift["reference_texts"] == 50 and 0 <= drift["pad"] <= 2
 
 
 def test_serve_errors(cli, tmp_path):

@@ -20,25 +20,9 @@ from typing import Dict, List
 import numpy as np
 
 from .console import print_table
+from .distance import proxy_a_distance
 from .errors import TransferError
 from .outputs import read_json, write_json
-
-
-def proxy_a_distance(source: np.ndarray, target: np.ndarray, seed: int = 0) -> float:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    rng = np.random.default_rng(seed)
-    n = min(len(source), len(target))
-    x = np.vstack([source[rng.permutation(len(source))[:n]], target[rng.permutation(len(target))[:n]]])
-    y = np.repeat([0, 1], n)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.5, stratify=y, random_state=seed)
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-    error = 1.0 - classifier.fit(x_train, y_train).score(x_test, y_test)
-    error = min(error, 1.0 - error)
-    return 2.0 * (1.0 - 2.0 * error)
 
 
 def tsne_plot(features: Dict[str, np.ndarray], labels: np.ndarray, n_source: int, title: str, path: Path) -> None:

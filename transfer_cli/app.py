@@ -272,11 +272,16 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str, stop, progr
         # parallel jobs' bars would garble one terminal; other ranks keep quiet
         result = fit(strategy, data, typed, accelerator, tokenizer, progress_bar=jobs == 1 and main,
                      checkpoints=checkpoints, stop=stop, on_epoch=on_epoch)
-        if typed.train.save_model and main:  # a Hugging Face folder: what `transfer export` and `predict` read
+        if typed.train.save_model:  # a Hugging Face folder: what `transfer export`, `predict` and `serve` read
             from .models.exported import save_pretrained
+            from .training.evaluate import predict
 
-            labels = next(iter(typed.target.values())).labels
-            save_pretrained(strategy.model, tokenizer, labels, typed.data.max_length, folder / "model")
+            features, logits = predict(strategy.model, data.target_validation, typed.train.eval_batch_size,
+                                       tokenizer.pad_token_id, accelerator)  # every process: a gathered inference
+            if main:
+                labels = next(iter(typed.target.values())).labels
+                reference = {"features": features.numpy(), "probabilities": logits.softmax(-1).numpy()}
+                save_pretrained(strategy.model, tokenizer, labels, typed.data.max_length, folder / "model", reference)
         if not typed.train.keep_checkpoints:
             checkpoints.remove()
 

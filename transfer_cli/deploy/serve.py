@@ -2,7 +2,8 @@
 
     POST /predict   a JSON list of texts -> {"predictions": [{"label", "score", "probabilities"}, ...]}
     GET  /health    liveness and the model's labels (no token needed, for load balancers)
-    GET  /metrics   Prometheus text: requests by status, latency and batch-size histograms, texts, errors
+    GET  /metrics   Prometheus text: requests by status, latency and batch-size histograms, texts, errors, drift
+    GET  /drift     the drift monitor (deploy/drift.py): distance, entropy and class shares of recent traffic
 
 Concurrent requests are micro-batched: a worker takes what has queued (up to --batch-size texts, waiting at most
 --max-wait-ms for more), runs one length-sorted batch in a thread, and answers each request its own rows. With a
@@ -26,13 +27,16 @@ from typing import List, Optional
 from ..errors import TransferError
 
 TOKEN_VARIABLE = "TRANSFER_SERVE_TOKEN"
+DEFAULT_THRESHOLD = 1.0  # the proxy A-distance over which traffic counts as drifted (docs/results.md#drift)
 
 
 class Batcher:
-    """Queued requests -> micro-batches through the classifier, one at a time, off the event loop."""
+    """Queued requests -> micro-batches through the classifier, one at a time, off the event loop; the drift monitor,
+    if any, sees every batch."""
 
-    def __init__(self, classifier, batch_size: int, max_wait: float, metrics):
+    def __init__(self, classifier, batch_size: int, max_wait: float, metrics, monitor=None):
         self.classifier, self.batch_size, self.max_wait, self.metrics = classifier, batch_size, max_wait, metrics
+        self.monitor = monitor
         self.queue: asyncio.Queue = asyncio.Queue()
 
     async def predict(self, texts: List[str]):
@@ -65,17 +69,20 @@ class Batcher:
                 start += len(request)
 
     def _predict(self, texts: List[str]):
-        return self.classifier.predict(self.classifier.tokenize(texts), self.batch_size)
+        probabilities, features = self.classifier.predict(self.classifier.tokenize(texts), self.batch_size)
+        if self.monitor is not None:
+            self.monitor.observe(features, probabilities)
+        return probabilities, features
 
 
 def create_app(classifier, token: Optional[str], batch_size: int = 32, max_wait_ms: float = 5.0,
-               max_texts: int = 256, max_bytes: int = 1_000_000):
+               max_texts: int = 256, max_bytes: int = 1_000_000, monitor=None):
     # (no `from __future__ import annotations` in this module: FastAPI reads the handlers' annotations, `Request`)
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
     registry = CollectorRegistry()
     metrics = {
@@ -86,8 +93,25 @@ def create_app(classifier, token: Optional[str], batch_size: int = 32, max_wait_
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)),
         "texts": Counter("transfer_texts", "texts classified", registry=registry),
         "errors": Counter("transfer_errors", "requests that failed, by reason", ["reason"], registry=registry),
+        "drift_pad": Gauge("transfer_drift_pad", "proxy A-distance, recent traffic vs the target reference", registry=registry),
+        "drift_alert": Gauge("transfer_drift_alert", "1 while the distance is over the threshold", registry=registry),
+        "drift_entropy": Gauge("transfer_drift_entropy", "mean prediction entropy", ["sample"], registry=registry),
+        "drift_share": Gauge("transfer_drift_class_share", "share of predictions per class", ["sample", "label"], registry=registry),
+        "drift_window": Gauge("transfer_drift_window_texts", "texts in the drift window", registry=registry),
     }
-    batcher = Batcher(classifier, batch_size, max_wait_ms / 1000, metrics)
+    batcher = Batcher(classifier, batch_size, max_wait_ms / 1000, metrics, monitor)
+
+    def drift_gauges() -> None:
+        state = monitor.report()
+        metrics["drift_window"].set(state["window_texts"])
+        metrics["drift_alert"].set(int(state["alert"]))
+        for sample, prefix in (("reference", "reference_"), ("window", "")):
+            if f"{prefix}entropy" in state:
+                metrics["drift_entropy"].labels(sample).set(state[f"{prefix}entropy"])
+                for label, share in state[f"{prefix}class_share"].items():
+                    metrics["drift_share"].labels(sample, label).set(share)
+        if "pad" in state:
+            metrics["drift_pad"].set(state["pad"])
 
     @asynccontextmanager
     async def lifespan(_):
@@ -118,7 +142,18 @@ def create_app(classifier, token: Optional[str], batch_size: int = 32, max_wait_
         if refused(request):
             return answer("/metrics", 401, {"error": "missing or wrong bearer token"}, "unauthorized")
         metrics["requests"].labels("/metrics", "200").inc()
+        if monitor is not None:
+            drift_gauges()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/drift")
+    async def drift(request: Request):
+        if refused(request):
+            return answer("/drift", 401, {"error": "missing or wrong bearer token"}, "unauthorized")
+        if monitor is None:
+            return answer("/drift", 404, {"error": "this model folder has no drift reference (saved before drift "
+                                                   "monitoring existed?)"}, "no_reference")
+        return answer("/drift", 200, monitor.report())
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -169,8 +204,12 @@ def main(argv: List[str]) -> None:
     parser.add_argument("--max-texts", type=int, default=256, help="texts per request (default: %(default)s)")
     parser.add_argument("--max-bytes", type=int, default=1_000_000, help="request body size (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="the model's CPU threads (default: all cores)")
+    parser.add_argument("--drift-window", type=int, default=500, help="recent texts the drift monitor compares (default: %(default)s)")
+    parser.add_argument("--drift-every", type=int, default=100, help="compare every N texts (default: %(default)s)")
+    parser.add_argument("--drift-threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help="warn when the proxy A-distance exceeds it (default: %(default)s)")
     args = parser.parse_args(argv)
-    for name in ("batch_size", "max_texts", "max_bytes"):
+    for name in ("batch_size", "max_texts", "max_bytes", "drift_window", "drift_every"):
         if getattr(args, name) < 1:
             raise TransferError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
     try:
@@ -184,10 +223,14 @@ def main(argv: List[str]) -> None:
             probe.bind((args.host, args.port))
         except OSError as e:
             raise TransferError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); choose another --port") from None
+    from .drift import DriftMonitor, load_reference
     from .runtime import Classifier
 
     classifier = Classifier(args.model, args.threads)
-    app = create_app(classifier, args.token, args.batch_size, args.max_wait_ms, args.max_texts, args.max_bytes)
+    reference = load_reference(classifier.folder)
+    monitor = None if reference is None else DriftMonitor(reference, classifier.labels, args.drift_window,
+                                                          args.drift_every, args.drift_threshold)
+    app = create_app(classifier, args.token, args.batch_size, args.max_wait_ms, args.max_texts, args.max_bytes, monitor)
     auth = "bearer token required" if args.token else "no token (anyone who can reach it can use it)"
     print(f"serving {classifier.folder} on http://{args.host}:{args.port} ({classifier.device}; {auth})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -19,7 +19,9 @@ import copy
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -105,9 +107,16 @@ def to_pretrained(model: TransferModel, labels: List[str]) -> TransferForSequenc
     return exported.eval()
 
 
-def save_pretrained(model: TransferModel, tokenizer, labels: List[str], max_length: int, folder: Path) -> None:
+REFERENCE_FILE = "drift_reference.safetensors"  # a sample of the target domain, as the model sees it (deploy/drift.py)
+
+
+def save_pretrained(model: TransferModel, tokenizer, labels: List[str], max_length: int, folder: Path,
+                    reference: Optional[Dict[str, np.ndarray]] = None) -> None:
     """Write the model folder whole or not at all: into a temporary folder beside it, then renamed into place. The
-    tokenizer keeps the run's max_length, so that predictions truncate texts as the run did."""
+    tokenizer keeps the run's max_length, so that predictions truncate texts as the run did. `reference`: the pooled
+    features and class probabilities of unlabelled target texts, for the served model's drift monitor."""
+    from safetensors.numpy import save_file
+
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -115,6 +124,9 @@ def save_pretrained(model: TransferModel, tokenizer, labels: List[str], max_leng
         tokenizer = copy.deepcopy(tokenizer)
         tokenizer.model_max_length = max_length
         tokenizer.save_pretrained(staging)
+        if reference is not None:
+            save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in reference.items()},
+                      str(staging / REFERENCE_FILE))
         publish_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
