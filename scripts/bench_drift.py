@@ -36,9 +36,8 @@ def domain_texts(name: str, data_dir: Path, seed: int):
 def main() -> None:
     import torch
 
-    from transfer_cli.deploy.drift import load_reference
+    from transfer_cli.deploy.drift import DEFAULT_THRESHOLD, load_reference
     from transfer_cli.deploy.runtime import Classifier
-    from transfer_cli.deploy.serve import DEFAULT_THRESHOLD
     from transfer_cli.distance import proxy_a_distance
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

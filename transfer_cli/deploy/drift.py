@@ -7,8 +7,8 @@ the reference:
 - the proxy A-distance between window and reference (`transfer_cli.distance`, as `transfer analyze` computes it);
 - the mean prediction entropy, beside the reference's;
 - the predicted-class proportions, beside the reference's.
-When the distance crosses `threshold` it logs one warning (and one line when it falls back). Defaults: see
-docs/results.md#drift for the measurements behind them.
+When the distance crosses `threshold` it logs one warning (and one line when it falls back). The default threshold
+comes from measurements: docs/results.md#drift.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 from ..distance import proxy_a_distance
 from ..models.exported import REFERENCE_FILE
 
+DEFAULT_THRESHOLD = 0.4  # the distance over which traffic counts as drifted: docs/results.md#drift
 log = logging.getLogger("transfer.drift")
 
 
@@ -40,7 +41,7 @@ def mean_entropy(probabilities: np.ndarray) -> float:
 
 class DriftMonitor:
     def __init__(self, reference: Dict[str, np.ndarray], labels: List[str], window: int = 500, every: int = 100,
-                 threshold: float = 1.0, seed: int = 0):
+                 threshold: float = DEFAULT_THRESHOLD, seed: int = 0):
         self.reference, self.labels = reference, labels
         self.window, self.every, self.threshold, self.seed = window, every, threshold, seed
         self.features: deque = deque(maxlen=window)

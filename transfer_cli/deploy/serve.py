@@ -27,7 +27,6 @@ from typing import List, Optional
 from ..errors import TransferError
 
 TOKEN_VARIABLE = "TRANSFER_SERVE_TOKEN"
-DEFAULT_THRESHOLD = 1.0  # the proxy A-distance over which traffic counts as drifted (docs/results.md#drift)
 
 
 class Batcher:
@@ -193,6 +192,9 @@ def create_app(classifier, token: Optional[str], batch_size: int = 32, max_wait_
 
 
 def main(argv: List[str]) -> None:
+    from .drift import DEFAULT_THRESHOLD, DriftMonitor, load_reference
+    from .runtime import Classifier
+
     parser = argparse.ArgumentParser(prog="transfer serve", description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="a run folder (saved with train.save_model=true) or an exported folder")
     parser.add_argument("--host", default="127.0.0.1", help="(default: %(default)s; 0.0.0.0 to listen on every interface)")
@@ -223,9 +225,6 @@ def main(argv: List[str]) -> None:
             probe.bind((args.host, args.port))
         except OSError as e:
             raise TransferError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); choose another --port") from None
-    from .drift import DriftMonitor, load_reference
-    from .runtime import Classifier
-
     classifier = Classifier(args.model, args.threads)
     reference = load_reference(classifier.folder)
     monitor = None if reference is None else DriftMonitor(reference, classifier.labels, args.drift_window,
