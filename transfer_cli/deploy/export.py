@@ -42,7 +42,7 @@ def command(run: Path) -> str:
     return " ".join(["transfer run", *(line[2:].strip() for line in lines if line.startswith("- "))])
 
 
-def model_card(run: Path) -> str:
+def model_card(run: Path, compression: str = "") -> str:
     metrics = read_json(run / "metrics.json") or {}
     env = read_json(run / "env.json") or {}
     strategy, source, target = (metrics.get(k, "?") for k in ("strategy", "source", "target"))
@@ -60,7 +60,7 @@ tags: [transfer-learning, domain-adaptation, {strategy}]
 A text classifier adapted from `{source}` to `{target}` with the `{strategy}` strategy of
 [transfer](https://pypi.org/project/transfer-cli/) {metrics.get("transfer_version", __version__)}
 (git {env.get("git_sha") or "unknown"}), protocol `{metrics.get("protocol", "?")}`, seed {metrics.get("seed", "?")}.{oracle}
-
+{compression}
     {command(run)}
 
 | metric | value |
@@ -165,8 +165,12 @@ def to_onnx(folder: Path, quantize: bool) -> dict:
     if quantize:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        logging.getLogger().setLevel(logging.ERROR)  # onnxruntime suggests pre-processing on the root logger
-        quantize_dynamic(str(fp32), str(folder / ONNX_FILE), weight_type=QuantType.QInt8)
+        root = logging.getLogger()  # onnxruntime suggests pre-processing on the root logger, every time
+        level, _ = root.level, root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(str(fp32), str(folder / ONNX_FILE), weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
         fp32.unlink()
     (folder / "model.safetensors").unlink()
     got, _ = Classifier(folder)(sample["input_ids"].numpy(), sample["attention_mask"].numpy())
@@ -184,7 +188,10 @@ def export(run: Path, out: Path, onnx: bool = False, quantize: bool = False, pru
     try:
         for file in source.iterdir():
             shutil.copy2(file, staging / file.name)
-        write_atomic(staging / "README.md", model_card(run))
+        done = [f"{prune:.0%} of the feed-forward neurons pruned"] * bool(prune)
+        done += ["weights quantised to int8 (ONNX)" if quantize else "exported to ONNX"] * (onnx or quantize)
+        compression = f"\nCompressed after the run: {'; '.join(done)}. The metrics below are the run's, before that.\n" if done else ""
+        write_atomic(staging / "README.md", model_card(run, compression))
         if prune:
             prune_ffn(staging, prune)
         check = to_onnx(staging, quantize) if onnx or quantize else {}
