@@ -99,6 +99,7 @@ def target_test_texts(cfg, data_dir: Path) -> Tuple[List[str], np.ndarray]:
 
 def build_data(cfg, tokenizer, data_dir: Path, cache_dir: Path) -> RunData:
     """Load every source and the target domain, split them for `cfg.seed`, and tokenize (cached)."""
+    data_dir, cache_dir = Path(data_dir).expanduser(), Path(cache_dir).expanduser()  # `~` from a config or a caller
     d = cfg.data
     tokens = lambda ex: tokenize(ex.texts, tokenizer, d.max_length, cache_dir)  # noqa: E731
 
