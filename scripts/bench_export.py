@@ -1,5 +1,5 @@
-"""Compression, measured: a saved run exported as PyTorch fp32, ONNX fp32 and ONNX int8, side by side, on the run's
-own target test split (real reviews).
+"""Compression, measured: a saved run exported as PyTorch fp32, ONNX fp32, ONNX int8, pruned, and pruned int8, side
+by side, on the run's own target test split (real reviews).
 
 For each export it prints the model file's size on disk, CPU latency p50/p95 at batch 1 (one text at a time, over
 `--latency-texts` texts), throughput at batch 32 (texts/s over the whole test split, length-batched as `transfer
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a run folder saved with train.save_model=true")
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--latency-texts", type=int, default=200)
+    parser.add_argument("--prune", type=float, default=0.3, help="the pruned variants' fraction (default: %(default)s)")
     args = parser.parse_args()
 
     texts, labels = target_test_texts(load_run_config(args.run), args.data_dir)
@@ -67,8 +68,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     rows = {}
     try:
-        for name, onnx, quantize in (("pytorch fp32", False, False), ("onnx fp32", True, False), ("onnx int8", True, True)):
-            export(args.run, work / name.replace(" ", "-"), onnx, quantize)
+        variants = (("pytorch fp32", False, False, 0.0), ("onnx fp32", True, False, 0.0), ("onnx int8", True, True, 0.0),
+                    (f"pruned {args.prune:.0%}", False, False, args.prune), ("int8+pruned", True, True, args.prune))
+        for name, onnx, quantize, prune in variants:
+            export(args.run, work / name.replace(" ", "-"), onnx, quantize, prune)
             rows[name] = measure(work / name.replace(" ", "-"), texts, labels, args.latency_texts)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -131,7 +131,7 @@ def prune_ffn(folder: Path, fraction: float) -> int:
 
 def to_onnx(folder: Path, quantize: bool) -> dict:
     """Replace the folder's safetensors weights by model.onnx (outputs: logits and the pooled features; dynamic batch
-    and length), int8 with onnxruntime's dynamic quantisation of the weights of every MatMul when `quantize`.
+    and length), int8 with onnxruntime's dynamic quantisation (per channel) of every MatMul's weights when `quantize`.
     Returns the check against PyTorch on SAMPLE: the largest probability difference and the label agreement."""
     import numpy as np
     import torch
@@ -168,7 +168,8 @@ def to_onnx(folder: Path, quantize: bool) -> dict:
         root = logging.getLogger()  # onnxruntime suggests pre-processing on the root logger, every time
         level, _ = root.level, root.setLevel(logging.ERROR)
         try:
-            quantize_dynamic(str(fp32), str(folder / ONNX_FILE), weight_type=QuantType.QInt8)
+            # per output channel: one scale per row keeps accuracy (per tensor lost 1.6 points on books → dvd)
+            quantize_dynamic(str(fp32), str(folder / ONNX_FILE), weight_type=QuantType.QInt8, per_channel=True)
         finally:
             root.setLevel(level)
         fp32.unlink()
