@@ -145,6 +145,10 @@ def test_export_and_predict_errors(cli, saved_runs, tmp_path):
               "label", "--output", str(tmp_path / "p.csv"))
     assert_clean_error(out, tmp_path, "row 2: label 'maybe'")
     assert not (tmp_path / "p.csv").exists()  # nothing half-written
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    assert_clean_error(cli("predict", str(run), "--input", str(tmp_path / "latin1.txt")), tmp_path, "not UTF-8")
+    (tmp_path / "broken.csv").write_text('text,label\n"unclosed,1\n')
+    assert_clean_error(cli("predict", str(run), "--input", str(tmp_path / "broken.csv")), tmp_path, "cannot read")
 
 
 def test_predict_streams_in_constant_memory(tiny_model, tokenizer, tmp_path, session_env):

@@ -37,7 +37,18 @@ def input_format(path: str, given: Optional[str]) -> str:
 
 
 def read_chunks(path: str, fmt: str, text_column: str, label_column: Optional[str]) -> Iterator[tuple]:
-    """(texts, labels or None) per chunk of at most CHUNK rows, streamed from the file."""
+    """(texts, labels or None) per chunk of at most CHUNK rows, streamed from the file; a file that cannot be read
+    as `fmt` is a one-line error."""
+    try:
+        yield from _chunks(path, fmt, text_column, label_column)
+    except UnicodeDecodeError as e:
+        raise TransferError(f"{path} is not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
+    except (ValueError, OSError) as e:  # pandas' and pyarrow's parse errors are ValueErrors
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TransferError(f"cannot read {path} as {fmt} ({reason}); check the file or --format") from None
+
+
+def _chunks(path: str, fmt: str, text_column: str, label_column: Optional[str]) -> Iterator[tuple]:
     import pandas as pd
 
     if fmt == "text":
@@ -120,6 +131,8 @@ def predict_file(model_path: Path, path: str, fmt: Optional[str], output: Option
         raise TransferError(f"no such input file: {path}")
     classifier = Classifier(model_path)
     out_fmt = "csv" if output and output.suffix.lower() in (".csv", ".tsv") else "jsonl"
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.with_name(f".{output.name}.partial") if output else None
     stream = open(staging, "w", encoding="utf-8", newline="") if staging else sys.stdout
     writer = Writer(stream, out_fmt, classifier.labels)
