@@ -67,6 +67,32 @@ def test_exported_model_gives_the_run_models_logits(tiny_model, tokenizer, data_
     assert not (tmp_path / "model" / "model.pt").exists() and (tmp_path / "model" / "model.safetensors").exists()
 
 
+def test_lora_adapters_are_merged_into_the_exported_weights(tiny_model, tokenizer, data_dir, tmp_path):
+    """A LoRA run exports as a plain model whose weights hold the adapters: the same logits, no PEFT needed to load."""
+    import transfer_cli.hf  # noqa: F401
+    from transformers import AutoModelForSequenceClassification
+
+    from transfer_cli.config import PeftConfig, PeftMethod
+    from transfer_cli.models import apply_peft
+
+    model = copy.deepcopy(tiny_model)
+    model.backbone = apply_peft(model.backbone, PeftConfig(name="lora", method=PeftMethod.lora, options={"r": 4}))
+    with torch.no_grad():  # LoRA's B starts at zero: move it, or merging would change nothing
+        for name, p in model.backbone.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    texts, _ = reviews(data_dir, n=20)
+    batch = tokenizer(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        expected = model(batch["input_ids"], batch["attention_mask"])
+        plain = tiny_model.eval()(batch["input_ids"], batch["attention_mask"])
+    save_pretrained(model, tokenizer, ["negative", "positive"], 64, tmp_path / "model")
+    with torch.no_grad():
+        got = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")(**batch).logits
+    assert torch.allclose(got, expected, atol=1e-4) and not torch.allclose(got, plain, atol=1e-3)
+
+
 def test_predict_file_formats_give_the_models_predictions(tiny_model, tokenizer, data_dir, tmp_path, cli, cli_env):
     """CSV (with quotes and newlines), JSONL, Parquet and stdin text lines: one output row per text, in the input's
     order, with the model's own prediction; --label-column scores them."""

@@ -122,7 +122,8 @@ def test_invalid_values(cli, tmp_path, override, fragments):
      (["peft=lora", "+peft.options.rank=4"], ["peft=lora", "rank", "peft.options"]),
      (["peft=ia3", "peft.options.fan_in_fan_out=true"], ["write +peft.options.fan_in_fan_out=VALUE"]),
      (["strategy=self_training", "strategy.threshold=1.5"], ["strategy.threshold=1.5", "[0, 1)"]),
-     (["strategy=feature_extraction", "strategy.head=deep"], ["strategy.head=deep", "linear or mlp"])],
+     (["strategy=feature_extraction", "strategy.head=deep"], ["strategy.head=deep", "linear or mlp"]),
+     (["peft=prefix_tuning", "train.save_model=true"], ["cannot save a prefix-tuning run", "peft=lora"])],
 )
 def test_invalid_suite_options(cli, tmp_path, overrides, fragments):
     assert_clean_error(cli("run", *SMALL, *overrides), tmp_path, *fragments)

@@ -51,6 +51,9 @@ def validate(cfg: Any) -> None:
         (cfg.hardware.threads >= 0, f"hardware.threads={cfg.hardware.threads} must be >= 0 (0 = all cores)"),
         (cfg.init_from is None or Path(cfg.init_from).expanduser().exists(),
          f"init_from={cfg.init_from} does not exist; give a run folder saved with train.save_model=true or an exported folder"),
+        (not (t.save_model and cfg.peft.method.value == "prefix_tuning"),
+         "train.save_model=true cannot save a prefix-tuning run: its prefixes cannot be merged into the model's weights "
+         "(a Hugging Face folder has no place for them); use peft=lora or peft=ia3, or train.save_model=false"),
         (len(cfg.source) >= 1, "choose at least one source domain, e.g. source=books"),
         (len(cfg.target) == 1, f"choose exactly one target domain, e.g. target=movies (got {list(cfg.target)})"),
     ]

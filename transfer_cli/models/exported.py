@@ -92,7 +92,7 @@ def to_pretrained(model: TransferModel, labels: List[str]) -> TransferForSequenc
     if hasattr(backbone, "merge_and_unload"):
         try:
             backbone = backbone.merge_and_unload()
-        except (AttributeError, NotImplementedError, ValueError) as e:  # prefix tuning has no weights to merge into
+        except (AttributeError, NotImplementedError, ValueError) as e:
             raise TransferError(f"cannot merge this run's PEFT adapters into the backbone ({e}); "
                                 "only LoRA and IA3 runs can be exported") from None
     head = model.head
