@@ -128,6 +128,36 @@ def test_groups_update_on_their_own_ratio_gate_and_constraint(tiny_model):
     assert moved["c"][0] and torch.allclose(strategy.c.weight, torch.full((1, 4), -0.01))
 
 
+class WindowGated(OnePhase):
+    """One gated module; its batches log open = 1, 0, 1, 0, ...: only the mean over an accumulation window of two
+    (0.5) passes the gate, neither batch alone does."""
+
+    def __init__(self, model, data):
+        super().__init__(model, data, 1)
+        self.g, self.calls = torch.nn.Linear(4, 1), 0
+
+    def phases(self, data, ctx):
+        return [Phase("train", self.data, self.epochs, groups=[Group("g", [self.g], gate=lambda logs: 0.4 < logs["open"] < 0.6)])]
+
+    def loss(self, labelled, unlabelled, progress):
+        self.calls += 1
+        task, _ = self.task_loss(labelled)
+        return task + self.g(torch.ones(1, 4)).sum(), {"open": float(self.calls % 2)}
+
+
+def test_a_gate_reads_the_mean_logs_of_its_accumulation_window(tiny_model):
+    cfg = RunConfig(train=TrainConfig(batch_size=8, lr=1e-3, warmup_ratio=0.0, grad_accum_steps=2))
+    accelerator = setup(HardwareConfig(name="cpu", device=Device.cpu, precision=Precision.fp32), 0).accelerator
+    strategy = WindowGated(tiny_model, labelled(32))  # 4 batches, 2 optimiser steps
+    before = strategy.g.weight.detach().clone()
+    original, loop._score_epoch = loop._score_epoch, lambda *_: {"source_val_accuracy": 0.5, "target_test_accuracy": 0}
+    try:
+        result = loop.fit(strategy, FakeData(), cfg, accelerator, SimpleNamespace(pad_token_id=0))
+    finally:
+        loop._score_epoch = original
+    assert not torch.equal(before, strategy.g.weight) and result.history[0]["g_updated"] == 1.0
+
+
 def test_unlabelled_batches_are_paired_by_length(ctx):
     """A target batch drawn beside a source batch has a comparable length rank; without pairing, any length.
     A stream rebuilt from its counts continues with the same batches (resume)."""
