@@ -1,1 +1,2 @@
-"""After the run: export the adapted model as a Hugging Face folder, and predict with it."""
+"""After the run: export the adapted model (Hugging Face or ONNX folder, compressed), predict files with it, serve it
+over HTTP, and watch the served traffic for drift."""
