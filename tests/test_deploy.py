@@ -17,7 +17,7 @@ from transfer_cli.data.loaders import load_domain
 from transfer_cli.models.exported import save_pretrained
 from transfer_cli.strategies import build_strategy
 
-from .conftest import TRANSFER
+from .conftest import TINY_SHAPE, TRANSFER
 from .test_errors import assert_clean_error
 
 
@@ -258,12 +258,10 @@ def test_init_from_starts_from_the_adapted_model(tiny_model, tokenizer, tmp_path
     from transfer_cli.models import build_model
 
     save_pretrained(tiny_model, tokenizer, ["negative", "positive"], 64, tmp_path / "model")
-    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-             "max_position_embeddings": 128}
     torch.manual_seed(1)  # a different random init than tiny_model's
-    fresh = build_model(ModelConfig(name="tiny", random_init=shape), 2, len(tokenizer))
+    fresh = build_model(ModelConfig(name="tiny", random_init=dict(TINY_SHAPE)), 2, len(tokenizer))
     torch.manual_seed(1)
-    started = build_model(ModelConfig(name="tiny", random_init=shape), 2, len(tokenizer), init_from=tmp_path)
+    started = build_model(ModelConfig(name="tiny", random_init=dict(TINY_SHAPE)), 2, len(tokenizer), init_from=tmp_path)
     for name, weight in tiny_model.state_dict().items():
         assert torch.equal(started.state_dict()[name], weight), name
     assert not torch.equal(fresh.state_dict()["head.1.weight"], tiny_model.state_dict()["head.1.weight"])

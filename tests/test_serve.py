@@ -14,7 +14,7 @@ import torch
 
 from transfer_cli.models.exported import save_pretrained
 
-from .conftest import TRANSFER
+from .conftest import TINY_SHAPE, TRANSFER
 from .test_deploy import decisive, reviews
 
 httpx = pytest.importorskip("httpx")
@@ -35,9 +35,7 @@ def served(tmp_path_factory, tokenizer, session_env, data_dir):
     from transfer_cli.models import build_model
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name="tiny", random_init={"hidden_size": 32, "num_hidden_layers": 2,
-                                                             "num_attention_heads": 2, "intermediate_size": 64,
-                                                             "max_position_embeddings": 128}), 2, len(tokenizer))
+    model = build_model(ModelConfig(name="tiny", random_init=dict(TINY_SHAPE)), 2, len(tokenizer))
     texts, _ = reviews(data_dir, "books", n=50)
     batch = tokenizer(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")
     model = decisive(copy.deepcopy(model), batch)

@@ -23,7 +23,7 @@ from . import __version__
 from .config import register_resolvers, run_config_dirs
 from .console import print_table
 from .errors import TransferError
-from .outputs import (CHECKPOINT, SCHEMA_VERSION, Heartbeat, environment, now, process_gone, read_json, write_atomic,
+from .outputs import (CHECKPOINT, SCHEMA_VERSION, Heartbeat, environment, now, process_gone, read_json,
                       write_history, write_json, write_status)
 from .training.signals import Interrupted, StopSignals
 

@@ -22,10 +22,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, Iterator, List, Union
 
 SCHEMA_VERSION = 1
 CHECKPOINT = "checkpoint"  # the loop's checkpoint folder in a run folder (training/checkpoint.py)
@@ -49,15 +50,21 @@ def write_atomic(path: Path, content: Union[str, bytes]) -> None:
         raise
 
 
-def publish_folder(staging: Path, folder: Path) -> None:
-    """Move a folder written in full beside its destination into place (replacing an older one): readers see the
-    whole folder or none. mkdtemp made it private; outputs are ordinary folders."""
-    os.chmod(staging, 0o777 & ~_UMASK)
-    for file in staging.rglob("*"):
-        os.chmod(file, (0o777 if file.is_dir() else 0o666) & ~_UMASK)
-    if folder.exists():
-        shutil.rmtree(folder)
-    staging.rename(folder)
+@contextmanager
+def staged_folder(folder: Path) -> Iterator[Path]:
+    """A temporary folder beside `folder` to write into; when the block succeeds it replaces `folder` in one rename
+    (readers see the whole folder or none), and when it fails it is removed."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield staging
+        for file in [staging, *staging.rglob("*")]:  # mkdtemp made it private; outputs are ordinary files
+            os.chmod(file, (0o777 if file.is_dir() else 0o666) & ~_UMASK)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json(path: Path, data: Dict[str, Any]) -> None:

@@ -13,14 +13,13 @@ import contextlib
 import io
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 import warnings
 from typing import List
 
 from .. import __version__
 from ..errors import TransferError
-from ..outputs import publish_folder, read_json, write_atomic
+from ..outputs import read_json, staged_folder, write_atomic
 
 CARD_METRICS = ["target_test_accuracy", "target_test_f1_macro", "source_val_accuracy", "selection", "selection_score",
                 "oracle", "target_labels_used", "source_train_size", "target_pool_size", "target_test_size"]
@@ -184,9 +183,7 @@ def export(run: Path, out: Path, onnx: bool = False, quantize: bool = False, pru
     source = saved_model(run)
     if out.exists() and any(out.iterdir()):
         raise TransferError(f"{out} exists and is not empty; choose a new --out folder or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         for file in source.iterdir():
             shutil.copy2(file, staging / file.name)
         done = [f"{prune:.0%} of the feed-forward neurons pruned"] * bool(prune)
@@ -196,9 +193,6 @@ def export(run: Path, out: Path, onnx: bool = False, quantize: bool = False, pru
         if prune:
             prune_ffn(staging, prune)
         check = to_onnx(staging, quantize) if onnx or quantize else {}
-        publish_folder(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return check
 
 

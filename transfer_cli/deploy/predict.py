@@ -123,7 +123,8 @@ def predict_file(model_path: Path, path: str, fmt: Optional[str], output: Option
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from sklearn.metrics import accuracy_score, f1_score
 
-    from .runtime import Classifier, model_folder
+    from ..models.exported import model_folder
+    from .runtime import Classifier
 
     model_folder(model_path)
     fmt = input_format(path, fmt)

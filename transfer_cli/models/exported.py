@@ -16,20 +16,17 @@ pooler), so the folder names a small class of ours, `TransferForSequenceClassifi
 from __future__ import annotations
 
 import copy
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..errors import TransferError
-from ..outputs import publish_folder
+from ..outputs import staged_folder
 from . import TransferModel, make_head, pool
 
 
@@ -117,9 +114,7 @@ def save_pretrained(model: TransferModel, tokenizer, labels: List[str], max_leng
     features and class probabilities of unlabelled target texts, for the served model's drift monitor."""
     from safetensors.numpy import save_file
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with staged_folder(folder) as staging:
         to_pretrained(model, labels).save_pretrained(staging)
         tokenizer = copy.deepcopy(tokenizer)
         tokenizer.model_max_length = max_length
@@ -127,9 +122,6 @@ def save_pretrained(model: TransferModel, tokenizer, labels: List[str], max_leng
         if reference is not None:
             save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in reference.items()},
                       str(staging / REFERENCE_FILE))
-        publish_folder(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def model_folder(path: Path) -> Path:
