@@ -93,6 +93,53 @@ def test_lora_adapters_are_merged_into_the_exported_weights(tiny_model, tokenize
     assert torch.allclose(got, expected, atol=1e-4) and not torch.allclose(got, plain, atol=1e-3)
 
 
+def test_adapters_export_keeps_the_peft_adapter_apart(cli, tokenizer, data_dir, tmp_path):
+    """`--adapters` on a real LoRA run: a folder with the adapter in PEFT's format and the head, no encoder weights,
+    a fraction of the merged export's size; it loads (base + adapter + head) to the merged export's logits, which
+    differ from the base's; predict reads it. A run without adapters is refused in one line."""
+    import transfer_cli.hf  # noqa: F401
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
+
+    from .conftest import SMALL
+
+    torch.manual_seed(0)  # a base model in a local folder, as a user's own checkpoint would be
+    BertModel(BertConfig(**TINY_SHAPE, vocab_size=len(tokenizer))).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    base = [f"model.name_or_path={tmp_path / 'base'}", "model.package=null", "model.random_init=null"]
+    out = cli("run", "strategy=lora", "source=books", "target=dvd", "train.save_model=true", "train.lr=5e-3", *SMALL,
+              *base, "hydra.run.dir=run")
+    assert out.returncode == 0, out.stderr
+    assert cli("export", "run", "--out", "merged").returncode == 0
+    out = cli("export", "run", "--out", "apart", "--adapters")
+    assert out.returncode == 0, out.stderr
+    apart, merged = tmp_path / "apart", tmp_path / "merged"
+    assert not (apart / "model.safetensors").exists() and not (merged / "adapter").exists()
+    adapter_config = json.loads((apart / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["peft_type"] == "LORA" and adapter_config["base_model_name_or_path"] == str(tmp_path / "base")
+    size = lambda folder: sum(f.stat().st_size for f in folder.rglob("*.safetensors"))  # noqa: E731
+    assert size(apart) < 0.5 * size(merged)
+    assert "adapter kept apart" in (apart / "README.md").read_text()
+
+    texts, _ = reviews(data_dir, n=20)
+    batch = tokenizer(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = {name: AutoModelForSequenceClassification.from_pretrained(tmp_path / name)(**batch).logits
+                  for name in ("apart", "merged")}
+        unadapted = AutoModelForSequenceClassification.from_pretrained(merged)
+        unadapted.backbone = BertModel.from_pretrained(tmp_path / "base")  # the trained head on the base's features
+        logits["unadapted"] = unadapted.eval()(**batch).logits
+    assert torch.allclose(logits["apart"], logits["merged"], atol=1e-5)
+    assert not torch.allclose(logits["merged"], logits["unadapted"], atol=1e-4)  # the adapter changed the model
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    predictions = {}
+    for name in ("apart", "merged"):
+        out = cli("predict", name, "--input", "in.txt", "--output", f"{name}.csv")
+        assert out.returncode == 0, out.stderr
+        predictions[name] = (tmp_path / f"{name}.csv").read_text()
+    assert predictions["apart"] == predictions["merged"]
+    assert_clean_error(cli("export", "run", "--out", "x", "--adapters", "--quantize", "int8"), apart, "--adapters")
+
+
 def test_predict_file_formats_give_the_models_predictions(tiny_model, tokenizer, data_dir, tmp_path, cli, cli_env):
     """CSV (with quotes and newlines), JSONL, Parquet and stdin text lines: one output row per text, in the input's
     order, with the model's own prediction; --label-column scores them."""
@@ -163,6 +210,7 @@ def test_export_and_predict_errors(cli, saved_runs, tmp_path):
     (tmp_path / "full" / "keep.txt").write_text("mine")
     assert_clean_error(cli("export", str(run), "--out", str(tmp_path / "full")), tmp_path, "not empty")
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    assert_clean_error(cli("export", str(run), "--out", str(tmp_path / "x"), "--adapters"), tmp_path, "no PEFT adapters")
     assert_clean_error(cli("predict", str(tmp_path), "--input", "x.csv"), tmp_path, "neither a run folder")
     assert_clean_error(cli("predict", str(run), "--input", str(tmp_path / "none.csv")), tmp_path, "no such input file")
     (tmp_path / "in.csv").write_text("body,label\nfine,positive\nbad,maybe\n")

@@ -284,7 +284,9 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str, stop, progr
             if main:
                 labels = next(iter(typed.target.values())).labels
                 reference = {"features": features.numpy(), "probabilities": logits.softmax(-1).numpy()}
-                save_pretrained(strategy.model, tokenizer, labels, typed.data.max_length, folder / "model", reference)
+                fixed = typed.model.random_init is None and typed.init_from is None  # can a user load the base again?
+                base = {k: getattr(typed.model, k) for k in ("name", "name_or_path", "package")} if fixed else None
+                save_pretrained(strategy.model, tokenizer, labels, typed.data.max_length, folder / "model", reference, base)
         if not typed.train.keep_checkpoints:
             checkpoints.remove()
 

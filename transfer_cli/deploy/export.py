@@ -184,18 +184,50 @@ def to_onnx(folder: Path, quantize: bool) -> dict:
             "label_agreement": float((got.argmax(1) == expected.argmax(1)).mean())}
 
 
-def export(run: Path, out: Path, onnx: bool = False, quantize: bool = False, prune: float = 0.0) -> dict:
+def base_name(folder: Path) -> str:
+    return (read_json(folder / "config.json").get("adapter_base") or {}).get("name_or_path") or "?"
+
+
+def keep_adapter_separate(folder: Path) -> None:
+    """Turn a saved PEFT run's folder into an adapter export: adapter/ (PEFT's format) and the head's weights, no
+    encoder weights; the base model loads from its hub id or package (`load_classifier`)."""
+    from safetensors.torch import save_file
+
+    from ..models.exported import ADAPTER_DIR, HEAD_FILE, TransferForSequenceClassification
+
+    model = TransferForSequenceClassification.from_pretrained(folder)
+    if not (folder / ADAPTER_DIR).exists():
+        raise TransferError("--adapters: this run trained no PEFT adapters (peft=none); export it without --adapters")
+    if not getattr(model.config, "adapter_base", None):
+        raise TransferError("--adapters: this run's base weights cannot be loaded again (a random-weight model, or "
+                            "init_from); export it without --adapters, with the adapters merged")
+    save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(folder / HEAD_FILE))
+    (folder / "model.safetensors").unlink()
+
+
+def export(run: Path, out: Path, onnx: bool = False, quantize: bool = False, prune: float = 0.0,
+           adapters: bool = False) -> dict:
     """Write the export into `out` (new or empty), whole or not at all. Returns the ONNX check, if any."""
+    from ..models.exported import ADAPTER_DIR, HEAD_FILE
+
     source = saved_model(run)
     if out.exists() and any(out.iterdir()):
         raise TransferError(f"{out} exists and is not empty; choose a new --out folder or remove it")
+    if adapters and (onnx or quantize or prune):
+        raise TransferError("--adapters keeps the PEFT adapter apart from the base model; it cannot be combined with "
+                            "--format onnx, --quantize or --prune (which need the merged weights)")
     with staged_folder(out) as staging:
-        for file in source.iterdir():
-            shutil.copy2(file, staging / file.name)
-        done = [f"{prune:.0%} of the feed-forward neurons pruned"] * bool(prune)
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        if not adapters:
+            shutil.rmtree(staging / ADAPTER_DIR, ignore_errors=True)
+        done = ["the PEFT adapter kept apart from the base model (`adapter/`, PEFT's format, and the head in "
+                f"`{HEAD_FILE}`; loading the folder loads the base `{base_name(staging)}` and merges them)"] * adapters
+        done += [f"{prune:.0%} of the feed-forward neurons pruned"] * bool(prune)
         done += ["weights quantised to int8 (ONNX)" if quantize else "exported to ONNX"] * (onnx or quantize)
-        compression = f"\nCompressed after the run: {'; '.join(done)}. The metrics below are the run's, before that.\n" if done else ""
+        compression = f"\nAfter the run: {'; '.join(done)}. The metrics below are the run's, before that.\n" if done else ""
         write_atomic(staging / "README.md", model_card(run, compression))
+        if adapters:
+            keep_adapter_separate(staging)
         if prune:
             prune_ffn(staging, prune)
         check = to_onnx(staging, quantize) if onnx or quantize else {}
@@ -211,6 +243,9 @@ def main(argv: List[str]) -> None:
     parser.add_argument("--quantize", choices=["int8"], help="dynamic int8 weights (onnxruntime's quantiser; implies onnx)")
     parser.add_argument("--prune", type=float, default=0.0, metavar="FRACTION",
                         help="drop this fraction of every layer's feed-forward neurons, the weakest by weight norm")
+    parser.add_argument("--adapters", action="store_true",
+                        help="a PEFT run: keep its adapter apart (adapter/, PEFT's format) instead of merging it; the "
+                             "folder then holds no encoder weights, and loads the base model from its hub id or package")
     args = parser.parse_args(argv)
     if not 0 <= args.prune < 1:
         raise TransferError(f"--prune={args.prune} must be in [0, 1), the fraction of feed-forward neurons to drop")
@@ -221,7 +256,7 @@ def main(argv: List[str]) -> None:
             import onnxruntime  # noqa: F401
         except ImportError:
             raise TransferError('ONNX export needs the onnx extra: pip install ".[onnx]" in the transfer checkout') from None
-    check = export(args.run, args.out, to_onnx_format, args.quantize == "int8", args.prune)
+    check = export(args.run, args.out, to_onnx_format, args.quantize == "int8", args.prune, args.adapters)
     detail = (f" (onnxruntime against PyTorch: labels agree on {check['label_agreement']:.0%} of {len(SAMPLE)} texts, "
               f"probabilities within {check['max_probability_difference']:.1e})") if check else ""
     print(f"exported: {args.out}{detail}")

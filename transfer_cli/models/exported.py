@@ -26,8 +26,13 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..errors import TransferError
-from ..outputs import staged_folder
+from ..outputs import read_json, staged_folder, write_json
 from . import TransferModel, make_head, pool
+
+
+REFERENCE_FILE = "drift_reference.safetensors"  # a sample of the target domain, as the model sees it (deploy/drift.py)
+ADAPTER_DIR = "adapter"  # a PEFT run's adapter on its own, in PEFT's format (`transfer export --adapters`)
+HEAD_FILE = "head.safetensors"  # the head's weights, in an adapter export (which holds no encoder weights)
 
 
 class TransferClassifierConfig(PretrainedConfig):
@@ -78,6 +83,26 @@ class TransferForSequenceClassification(PreTrainedModel):
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args: Any, **kwargs: Any):
+        """Also an adapter export (`transfer export --adapters`), which holds no encoder weights: the base model loads
+        from its hub id or package, the PEFT adapter merges into it, then the head loads."""
+        folder = Path(str(pretrained_model_name_or_path))
+        if not (folder / HEAD_FILE).exists():
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        from peft import PeftModel
+        from safetensors.torch import load_file
+
+        from . import _load, resolve_path
+        from ..config import ModelConfig
+
+        model = cls(TransferClassifierConfig.from_pretrained(folder))
+        base = ModelConfig(**model.config.adapter_base)
+        model.backbone = _load("weights", AutoModel.from_pretrained, resolve_path(base), base)
+        model.backbone = PeftModel.from_pretrained(model.backbone, folder / ADAPTER_DIR).merge_and_unload()
+        model.head.load_state_dict(load_file(folder / HEAD_FILE))
+        return model.eval()
+
 
 AutoConfig.register(TransferClassifierConfig.model_type, TransferClassifierConfig, exist_ok=True)
 AutoModelForSequenceClassification.register(TransferClassifierConfig, TransferForSequenceClassification, exist_ok=True)
@@ -104,18 +129,24 @@ def to_pretrained(model: TransferModel, labels: List[str]) -> TransferForSequenc
     return exported.eval()
 
 
-REFERENCE_FILE = "drift_reference.safetensors"  # a sample of the target domain, as the model sees it (deploy/drift.py)
-
-
 def save_pretrained(model: TransferModel, tokenizer, labels: List[str], max_length: int, folder: Path,
-                    reference: Optional[Dict[str, np.ndarray]] = None) -> None:
+                    reference: Optional[Dict[str, np.ndarray]] = None, base_model: Optional[dict] = None) -> None:
     """Write the model folder whole or not at all: into a temporary folder beside it, then renamed into place. The
     tokenizer keeps the run's max_length, so that predictions truncate texts as the run did. `reference`: the pooled
-    features and class probabilities of unlabelled target texts, for the served model's drift monitor."""
+    features and class probabilities of unlabelled target texts, for the served model's drift monitor. A PEFT run also
+    keeps its adapter in `adapter/`; `base_model` (the model group's name, name_or_path and package) says where its
+    frozen weights come from, or is None when no folder or hub id holds them (random weights, init_from)."""
     from safetensors.numpy import save_file
 
     with staged_folder(folder) as staging:
-        to_pretrained(model, labels).save_pretrained(staging)
+        exported = to_pretrained(model, labels)
+        if hasattr(model.backbone, "peft_config"):
+            model.backbone.save_pretrained(staging / ADAPTER_DIR)
+            exported.config.adapter_base = base_model
+            if base_model and base_model["name_or_path"]:  # the hub id, not this machine's folder, for PEFT's loaders
+                adapter_config = staging / ADAPTER_DIR / "adapter_config.json"
+                write_json(adapter_config, {**read_json(adapter_config), "base_model_name_or_path": base_model["name_or_path"]})
+        exported.save_pretrained(staging)
         tokenizer = copy.deepcopy(tokenizer)
         tokenizer.model_max_length = max_length
         tokenizer.save_pretrained(staging)
@@ -140,8 +171,8 @@ def load_adapted(model: TransferModel, path: Path, model_name: str) -> None:
     strategy with a head of its own, such as DANN's bottleneck, builds a fresh one). ONNX exports have no weights to
     start from."""
     folder = model_folder(path)
-    if not (folder / "model.safetensors").exists():
-        raise TransferError(f"init_from={path} has no safetensors weights (an ONNX export?); use the run folder or a "
+    if (folder / "model.onnx").exists():
+        raise TransferError(f"init_from={path} is an ONNX export, with no weights to train; use the run folder or a "
                             "PyTorch export")
     saved = TransferForSequenceClassification.from_pretrained(folder)
     try:
