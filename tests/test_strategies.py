@@ -115,7 +115,7 @@ def test_feature_extraction_caches_encodings_and_trains_only_the_head(tokenizer,
     first = build_strategy({"name": "feature_extraction", "epochs": 2}, tiny(tokenizer))
     before = snapshot(first.model)
     starts, result, data = fit(first, tokenizer, ctx, cfg, tmp_path)
-    files = sorted((ctx.cache_dir / "features").glob("*.npy"))
+    files = sorted((ctx.cache_dir / "features").glob("*.npz"))
     assert len(files) == 4  # source train/val, target pool/test
     after = snapshot(first.model)
     assert changed(before, after) and all(k.startswith("head.") for k in changed(before, after))
@@ -130,11 +130,11 @@ def test_feature_extraction_caches_encodings_and_trains_only_the_head(tokenizer,
     _, again, _ = fit(second, tokenizer, ctx, cfg, tmp_path)
     loss = lambda r: [row["train_loss"] for row in r.history]  # noqa: E731
     assert loss(again) == loss(result)  # a warm cache changes nothing, not even the dropout masks
-    assert sorted((ctx.cache_dir / "features").glob("*.npy")) == files
+    assert sorted((ctx.cache_dir / "features").glob("*.npz")) == files
 
     other_weights = build_strategy({"name": "feature_extraction"}, tiny(tokenizer, seed=1))
     other_weights.phases(data, ctx)
-    assert len(list((ctx.cache_dir / "features").glob("*.npy"))) == 8  # new weights, new cache entries
+    assert len(list((ctx.cache_dir / "features").glob("*.npz"))) == 8  # new weights, new cache entries
 
 
 def test_feature_extraction_mlp_head(tiny_model):

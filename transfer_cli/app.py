@@ -22,7 +22,7 @@ from rich.table import Table
 from . import __version__
 from .config import register_resolvers, run_config_dirs
 from .console import print_table
-from .errors import TransferError
+from .errors import TransferError, as_user_error
 from .outputs import (CHECKPOINT, SCHEMA_VERSION, Heartbeat, environment, now, process_gone, read_json,
                       write_history, write_json, write_status)
 from .training.signals import Interrupted, StopSignals
@@ -124,9 +124,15 @@ def run(cfg: DictConfig) -> float:
             write_status(folder, "failed", error=str(e), error_type="TransferError", config_digest=digest, **progress)
         raise
     except BaseException as e:
-        if main:
+        user_error = as_user_error(e)
+        if main and user_error:
+            write_status(folder, "failed", error=str(user_error), error_type="TransferError", config_digest=digest,
+                         **progress)
+        elif main:
             write_status(folder, "failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
                          config_digest=digest, **progress)
+        if user_error:
+            raise user_error from None
         raise
     if main:
         write_json(folder / "metrics.json", metrics)

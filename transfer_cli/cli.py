@@ -15,7 +15,7 @@ from typing import Iterable, List, Optional
 from . import __version__
 from .config import DOMAIN_ROLES, GROUPS, describe, group_options, register_schema_and_domains, search_dirs
 from .console import print_table
-from .errors import TransferError
+from .errors import TransferError, as_user_error
 from .training.signals import Interrupted
 
 USAGE = f"""usage: transfer <command> [arguments]
@@ -89,11 +89,18 @@ def one_line(error: BaseException) -> str:
     unknown_key = re.match(r"Could not override '([\w.]+)'", first(error))
     if unknown_key:
         return f"unknown config key '{unknown_key.group(1)}'; {known_keys(unknown_key.group(1))}"
+    import yaml
+
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return (f"YAML syntax error in {mark.name}, line {mark.line + 1}: "
+                f"{', '.join(filter(None, (error.context, error.problem)))}; fix the file")
     parts = [first(error)]
     cause = error.__cause__ or error.__context__
     if cause is not None and not isinstance(error, TransferError) and first(cause) not in parts[0]:
         parts.append(first(cause))
-    return ": ".join(parts)
+    key = re.search(r"full_key: ([\w.]+)", str(error))  # where in the config a composition error lies
+    return ": ".join(parts) + (f" (key {key.group(1)})" if key and key.group(1) not in parts[0] else "")
 
 
 def known_keys(key: str) -> str:
@@ -124,7 +131,8 @@ def report_errors(func):
     except Exception as error:  # noqa: BLE001 - this is the top-level reporter
         if debugging():
             raise
-        user_error = isinstance(error, TransferError) or type(error).__module__.split(".")[0] in ("hydra", "omegaconf")
+        error = as_user_error(error) or error
+        user_error = isinstance(error, TransferError) or type(error).__module__.split(".")[0] in ("hydra", "omegaconf", "yaml")
         hint = "" if user_error else " (a bug? rerun with TRANSFER_DEBUG=1 for the traceback and report it)"
         print(f"transfer: error: {one_line(error)}{hint}", file=sys.stderr)
         sys.exit(TransferError.exit_code if user_error else 1)

@@ -112,6 +112,7 @@ class DomainConfig:
     local: Optional[LocalCopy] = None
     max_examples: Optional[int] = None  # a fixed, seed-independent subsample of big corpora
     strip_html: bool = False
+    encoding: str = "utf-8"  # of a csv/json/jsonl file (a UTF-8 byte-order mark is fine)
     use_title: bool = True  # blitzer: prepend the review title to its text
 
 

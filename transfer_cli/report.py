@@ -35,9 +35,12 @@ def collect(paths: List[Path]) -> Tuple[pd.DataFrame, pd.DataFrame]:
             raise TransferError(f"no such folder: {root}")
         for status_file in sorted(root.rglob("status.json")):
             folder = status_file.parent
-            status = read_json(status_file) or {"status": "unreadable"}
-            metrics = read_json(folder / "metrics.json")
-            if status.get("status") == "completed" and metrics:
+            status, metrics = read_json(status_file), read_json(folder / "metrics.json")
+            if not isinstance(status, dict):  # a truncated or hand-edited file: reported, never a crash
+                status = {"status": "corrupt", "error": "status.json is not a JSON object (corrupt?)"}
+            elif status.get("status") == "completed" and not isinstance(metrics, dict):
+                status = {"status": "corrupt", "error": "completed, but metrics.json is missing or not a JSON object"}
+            if status.get("status") == "completed":
                 done.append({**metrics, "folder": str(folder), "finished": status.get("finished", "")})
             else:
                 overrides = folder / ".hydra" / "overrides.yaml"

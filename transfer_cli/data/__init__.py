@@ -41,7 +41,10 @@ class RunData:
     def labelled_target(self, k: Optional[int], seed: int) -> TokenizedSet:
         """k class-balanced labelled examples from the target pool (all of it when k is None). Counted."""
         labels = self._pool_labels
-        if k is None or k >= len(labels):
+        if k is not None and k > len(labels):
+            raise TransferError(f"strategy.k={k} is more than the {len(labels)} texts of the target pool; lower "
+                                "strategy.k, or raise data.max_target_pool")
+        if k is None or k == len(labels):
             index = np.arange(len(labels))
         else:
             rng = np.random.default_rng(seed)
@@ -63,9 +66,17 @@ class RunData:
                 "target_pool_size": len(self.target_pool), "target_test_size": len(self.target_test)}
 
 
+MIN_PER_CLASS = 10  # texts of each class a domain needs: fewer, and its held-out splits measure nothing
+
+
 def _split(ex: Examples, fraction: float, seed: int):
-    index = np.arange(len(ex))
     counts = np.bincount(ex.labels)
+    rare = int(np.argmin(np.where(counts > 0, counts, len(ex))))
+    if counts[rare] < MIN_PER_CLASS:
+        raise TransferError(f"domain '{ex.domain}' is too small to split: {counts[rare]} text(s) of class {rare}, "
+                            f"{len(ex)} in all; every class present needs at least {MIN_PER_CLASS}, so that each "
+                            "held-out split measures something: add data")
+    index = np.arange(len(ex))
     stratify = ex.labels if counts[counts > 0].min() >= 2 else None
     try:
         a, b = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)

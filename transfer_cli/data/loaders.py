@@ -26,6 +26,7 @@ NO_DATA_HINT = (
     "(the Blitzer set: cs.jhu.edu/~mdredze/datasets/sentiment/), or run `transfer run experiment=demo`, which is offline"
 )
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
+MAX_TEXT_CHARS = 1_000_000  # a longer "text" is a broken file (an unclosed quote swallows the rows after it)
 
 
 @dataclass
@@ -69,7 +70,9 @@ def _resolve(path: str, data_dir: Path) -> Path:
 
 def _require(path: Path, domain: Any) -> Path:
     if not path.exists():
-        raise TransferError(f"data for domain '{domain.name}' not found at {path.resolve()}: {NO_DATA_HINT}")
+        hint = NO_DATA_HINT if Loader(domain.loader) == Loader.blitzer else (
+            "check the path in the domain's YAML (a relative one starts at TRANSFER_DATA_DIR or paths.data_dir)")
+        raise TransferError(f"data for domain '{domain.name}' not found at {path.resolve()}: {hint}")
     return path
 
 
@@ -86,7 +89,7 @@ def _map_labels(domain: Any, raw: List[Any]) -> np.ndarray:
         return np.array([mapping.get(str(_plain(r)), -1) for r in raw], dtype=np.int64)
     names = {name: i for i, name in enumerate(domain.labels)}
     out = []
-    for r in raw:
+    for row, r in enumerate(raw, 1):
         r = _plain(r)
         if isinstance(r, str) and r in names:
             out.append(names[r])
@@ -95,12 +98,12 @@ def _map_labels(domain: Any, raw: List[Any]) -> np.ndarray:
             value = int(r)
         except (TypeError, ValueError):
             raise TransferError(
-                f"domain '{domain.name}': label {r!r} is neither a class index nor one of {list(domain.labels)}; "
+                f"domain '{domain.name}': label {r!r} (row {row}) is neither a class index nor one of {list(domain.labels)}; "
                 "add a label_map to the domain"
             ) from None
         if not 0 <= value < len(domain.labels):
             raise TransferError(
-                f"domain '{domain.name}': label {value} is out of range for {len(domain.labels)} classes; "
+                f"domain '{domain.name}': label {value} (row {row}) is out of range for {len(domain.labels)} classes; "
                 "add a label_map (for example star ratings -> 0/1) to the domain"
             )
         out.append(value)
@@ -158,39 +161,83 @@ def _load_blitzer(domain: Any, data_dir: Path):
 # --- files ------------------------------------------------------------------------------------------------------
 
 
-def read_table(path: Path, fmt: Optional[str] = None) -> pd.DataFrame:
+def read_table(path: Path, fmt: Optional[str] = None, encoding: str = "utf-8") -> pd.DataFrame:
+    """A data file as a frame, or one line that says what is wrong with the file and how to fix it."""
     fmt = fmt or FORMATS.get(path.suffix.lower())
-    readers = {
-        "csv": pd.read_csv,
-        "json": pd.read_json,
-        "jsonl": lambda p: pd.read_json(p, lines=True),
-        "parquet": pd.read_parquet,
-    }
-    if fmt not in readers:
-        raise TransferError(f"cannot read {path}: unknown format; set the domain's format to one of {sorted(readers)}")
+    if fmt not in ("csv", "json", "jsonl", "parquet"):
+        raise TransferError(f"cannot read {path}: unknown format; set the domain's format to one of "
+                            "['csv', 'json', 'jsonl', 'parquet']")
+    if path.stat().st_size == 0:
+        raise TransferError(f"{path} is empty (0 bytes); point the domain at the file that holds its data")
+    if fmt == "parquet":
+        try:
+            return pd.read_parquet(path)
+        except (ValueError, OSError) as e:
+            raise TransferError(f"cannot read {path} as parquet: {str(e).splitlines()[0]}") from None
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    if encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig"):
+        encoding = "utf-8-sig"  # a UTF-8 byte-order mark (Excel writes one) is read past
+        if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise TransferError(f"{path} is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8, or "
+                                "set encoding: utf-16 in the domain's YAML")
+        if b"\x00" in head:
+            raise TransferError(f"{path} is a binary file, not {fmt} text; check the domain's path and format")
     try:
-        return readers[fmt](path)
+        if fmt == "csv":
+            return pd.read_csv(path, encoding=encoding)
+        return pd.read_json(path, lines=fmt == "jsonl", encoding=encoding)
+    except UnicodeDecodeError as e:
+        raise TransferError(f"{path} is not {encoding.replace('-sig', '')} text (byte 0x{e.object[e.start]:02x} at "
+                            f"offset {e.start}); save it as UTF-8, or set the domain's encoding (e.g. encoding: "
+                            "latin-1)") from None
     except (ValueError, OSError) as e:
-        raise TransferError(f"cannot read {path} as {fmt}: {str(e).splitlines()[0]}") from None
+        where = _bad_json_line(path, encoding) if fmt == "jsonl" else ""
+        raise TransferError(f"cannot read {path} as {fmt}: {where or str(e).splitlines()[0]}") from None
+
+
+def _bad_json_line(path: Path, encoding: str) -> str:
+    import json
+
+    with open(path, encoding=encoding) as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.strip() and json.loads(line)
+            except ValueError as e:
+                return f"line {number} is not valid JSON ({str(e).split(':')[0]}); fix or remove it"
+    return ""
 
 
 def _columns(frame: pd.DataFrame, text_column: str, label_column: str, where: str, domain: Any):
+    """The texts and raw labels of a frame. A row with no label or no text, or an impossibly long text, is an error
+    that names its row (1 = the first data row): a silent drop would change the data a run reports on."""
     missing = [c for c in (text_column, label_column) if c not in frame.columns]
     if missing:
         raise TransferError(
             f"domain '{domain.name}': column(s) {missing} not in {where} (it has {list(frame.columns)}); "
             "set text_column / label_column in the domain's YAML"
         )
-    frame = frame[[text_column, label_column]].dropna()
-    texts = [_clean(str(t), domain.strip_html) for t in frame[text_column]]
-    return texts, list(frame[label_column])
+    raw_texts, raw_labels = frame[text_column], frame[label_column]
+    problems = [
+        (raw_labels.isna() | (raw_labels.astype(str).str.strip() == ""), "has no label"),
+        (raw_texts.isna() | (raw_texts.astype(str).str.strip() == ""), "has an empty text"),
+        (raw_texts.astype(str).str.len() > MAX_TEXT_CHARS,
+         f"has a text over {MAX_TEXT_CHARS:,} characters (an unclosed quote?)"),
+    ]
+    for bad, what in problems:
+        rows = np.flatnonzero(bad.to_numpy())
+        if len(rows):
+            more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
+            raise TransferError(f"domain '{domain.name}': row {rows[0] + 1} of {where} {what}{more}; fix or remove it")
+    texts = [_clean(str(t), domain.strip_html) for t in raw_texts]
+    return texts, list(raw_labels)
 
 
 def _load_files(domain: Any, data_dir: Path):
     if not domain.path:
         raise TransferError(f"domain '{domain.name}' uses the files loader but sets no path")
     path = _require(_resolve(domain.path, data_dir), domain)
-    return _columns(read_table(path, domain.format), domain.text_column, domain.label_column, str(path), domain)
+    return _columns(read_table(path, domain.format, domain.encoding), domain.text_column, domain.label_column, str(path), domain)
 
 
 # --- hub --------------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import List
 
 import numpy as np
 
-from ..outputs import write_atomic
+from ..cache import load_entry, save_entry
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +39,15 @@ def cache_key(fingerprint: str, max_length: int, texts: List[str]) -> str:
 def tokenize(texts: List[str], tokenizer, max_length: int, cache_dir: Path) -> List[np.ndarray]:
     """Token ids (with special tokens, truncated to max_length) of every text; read from the cache when present."""
     path = Path(cache_dir) / "tokens" / f"{cache_key(tokenizer_fingerprint(tokenizer), max_length, texts)}.npz"
-    if path.exists():
+    stored = load_entry(path, lambda a: len(a["offsets"]) == len(texts) + 1 and a["offsets"][-1] == len(a["ids"]))
+    if stored is not None:
         log.info("tokens: %d texts from the cache (%s)", len(texts), path.name)
-        with np.load(path) as stored:
-            return np.split(stored["ids"], stored["offsets"][1:-1])
+        return np.split(stored["ids"], stored["offsets"][1:-1])
     log.info("tokens: tokenizing %d texts (max_length %d)", len(texts), max_length)
     ids: List[np.ndarray] = []
     for start in range(0, len(texts), 1024):
         encoded = tokenizer(texts[start : start + 1024], truncation=True, max_length=max_length)["input_ids"]
         ids += [np.asarray(e, dtype=np.int32) for e in encoded]
     offsets = np.cumsum([0] + [len(i) for i in ids])
-    buffer = io.BytesIO()
-    np.savez(buffer, ids=np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets=offsets)
-    write_atomic(path, buffer.getvalue())
+    save_entry(path, ids=np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets=offsets)
     return ids

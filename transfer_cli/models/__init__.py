@@ -18,7 +18,16 @@ OFFLINE_HINT = "if you are offline, use model=minilm (packaged, works offline) o
 
 
 def resolve_path(model: Any) -> str:
-    """Where to load from: the pip package that ships the model when it is installed, else the hub id or folder."""
+    """Where to load from: the pip package that ships the model when it is installed, else the hub id or folder. A
+    local folder in name_or_path always wins (model=minilm model.name_or_path=PATH is that folder, not the package)."""
+    local = model.name_or_path and (model.name_or_path.startswith(("/", ".", "~")) or Path(model.name_or_path).exists())
+    if local:
+        folder = Path(model.name_or_path).expanduser()
+        if not (folder / "config.json").exists():
+            raise TransferError(f"model '{model.name}': {folder} is not a model folder ("
+                                f"{'no config.json in it' if folder.is_dir() else 'it does not exist'}); set "
+                                "model.name_or_path to a folder written by save_pretrained, or to a hub id")
+        return str(folder)
     if model.package:
         try:
             return str(importlib.import_module(model.package).get_model_path())
@@ -57,7 +66,12 @@ def load_backbone_config(model: Any):
 
     if model.random_init is not None:
         return BertConfig(**model.random_init)
-    return _load("config", AutoConfig.from_pretrained, resolve_path(model), model)
+    config = _load("config", AutoConfig.from_pretrained, resolve_path(model), model)
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "vocab_size", None) is None:
+        raise TransferError(f"model '{model.name}' ({resolve_path(model)}) is a {config.model_type} model, not a text "
+                            "encoder that a classification head can sit on; choose one such as minilm, bert-base or "
+                            "roberta-base")
+    return config
 
 
 def max_positions(config) -> int:

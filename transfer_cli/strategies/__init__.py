@@ -35,7 +35,8 @@ def strategy_params(config: Dict[str, Any]) -> Tuple[Type[Strategy], Any]:
         params = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Params), config))
     except OmegaConfBaseException as e:
         allowed = ", ".join(cls.Params.__dataclass_fields__) or "none"
-        raise TransferError(f"strategy '{name}': {str(e).splitlines()[0]} (its parameters: {allowed})") from None
+        key = f"strategy.{e.full_key}: " if getattr(e, "full_key", None) else ""
+        raise TransferError(f"strategy '{name}': {key}{str(e).splitlines()[0]} (its parameters: {allowed})") from None
     return cls, params
 
 

@@ -10,7 +10,6 @@ pooling, the precision and the token ids: a second run, or a sweep over head set
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from dataclasses import dataclass
 from typing import Dict, Iterable
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from ..data.batching import TokenizedSet
-from ..outputs import write_atomic
+from ..cache import load_entry, save_entry
 from ..models import make_head
 from .base import Context, Phase, Strategy, check, set_trainable
 
@@ -89,13 +88,11 @@ class FeatureExtraction(Strategy):
         for ids in split.ids:
             digest.update(np.asarray(ids, dtype=np.int64).tobytes())
             digest.update(b"|")
-        path = ctx.cache_dir / "features" / f"{digest.hexdigest()[:32]}.npy"
-        if path.exists():
+        path = ctx.cache_dir / "features" / f"{digest.hexdigest()[:32]}.npz"
+        stored = load_entry(path, lambda a: len(a["features"]) == len(split))
+        if stored is not None:
             log.info("features of %d examples from the cache %s", len(split), path)
-            return torch.from_numpy(np.load(path))
+            return torch.from_numpy(stored["features"])
         features = ctx.features(self.model, split)
-        buffer = io.BytesIO()
-        np.save(buffer, features.numpy())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, buffer.getvalue())
+        save_entry(path, features=features.numpy())
         return features

@@ -86,6 +86,14 @@ def _progress_bar(disable: bool) -> Progress:
     )
 
 
+class NonFinite(Exception):
+    """A step's loss (or one of its terms) or gradient norm is inf or nan: the run cannot go on."""
+
+    def __init__(self, what: str, value: float):
+        super().__init__(what)
+        self.what, self.value = what, value
+
+
 @dataclass
 class PhaseState:
     """Where a phase is: what a checkpoint saves and a resumed run continues from."""
@@ -240,7 +248,13 @@ class _Run:
                 accelerator.step = state.batch % train.grad_accum_steps  # the accumulation's count, when resumed
                 start = time.perf_counter()
                 for batch in batches:
-                    self._step(batch, unlabelled, state, optimizer, owners, scheduler, total_steps)
+                    try:
+                        self._step(batch, unlabelled, state, optimizer, owners, scheduler, total_steps)
+                    except NonFinite as e:
+                        raise TransferError(
+                            f"the {e.what} became {e.value} at step {state.step + 1}, epoch {epoch} of phase "
+                            f"'{phase.name}'; lower train.lr, or train in fp32 (hardware=cpu, or "
+                            "hardware.precision=fp32)") from None
                     self.bar.update(task, advance=1, loss=sum(state.losses[-20:]) / len(state.losses[-20:]))
                     signum = self.stop.pending(accelerator)
                     if signum:
@@ -301,6 +315,9 @@ class _Run:
             with accelerator.autocast():
                 partner = unlabelled.beside(batch) if unlabelled else None
                 loss, logs = self.step_fn(batch, partner, state.step / max(1, total_steps))
+            if not torch.isfinite(loss):  # name the term that did it, where the strategy logs its terms
+                term = next((k for k, v in logs.items() if not math.isfinite(v)), "loss")
+                raise NonFinite(term if term == "loss" else f"loss term {term}", loss.item())
             accelerator.backward(loss)
             self.window.append(logs)
             updated = {}  # id(Group) -> its parameters
@@ -311,12 +328,16 @@ class _Run:
                     if owner.every > 1 or owner.gate:  # history: the share of optimiser steps it took
                         key = f"{owner.name}_updated"
                         state.logs_sum[key] = state.logs_sum.get(key, 0.0) + len(self.window) * (id(owner) in updated)
-                self.window = []
+                logs_window, self.window = self.window, []
                 accelerator.unscale_gradients(optimizer)  # fp16: clip the true gradients
+                squares = 0.0
                 for owner, params in updated.values():
                     norm = train.max_grad_norm if owner.max_grad_norm is None else owner.max_grad_norm
-                    if norm > 0:
-                        torch.nn.utils.clip_grad_norm_(params, norm)
+                    squares += float(torch.nn.utils.clip_grad_norm_(params, norm if norm > 0 else math.inf)) ** 2
+                grad_norm = math.sqrt(squares)  # before clipping: what history.csv's grad_norm averages
+                if not math.isfinite(grad_norm) and accelerator.mixed_precision != "fp16":  # (fp16 skips such steps)
+                    raise NonFinite("gradient norm", grad_norm)
+                state.logs_sum["grad_norm"] = state.logs_sum.get("grad_norm", 0.0) + len(logs_window) * grad_norm
             if updated or not accelerator.sync_gradients:  # (a step with no group due is no step: fp16 would fail)
                 optimizer.step()  # Accelerate's optimiser steps only at the end of an accumulation
             if accelerator.sync_gradients and not optimizer.step_was_skipped:
