@@ -388,3 +388,29 @@ def test_history_logs_the_gradient_norm(tmp_path, session_env):
     finished(run_small(tmp_path, session_env))
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert (history["grad_norm"] > 0).all() and history["grad_norm"].notna().all()
+
+
+def test_no_secret_reaches_the_run_folder(tmp_path, session_env):
+    """Tokens and secrets in the environment appear in no file of the run (env.json, run.log, the saved config)."""
+    secrets = {"HF_TOKEN": "hf_tok3n_VALUE_91", "MY_API_KEY": "k3y_VALUE_92", "DB_PASSWORD": "pa55_VALUE_93",
+               "CLOUD_SECRET": "s3cret_VALUE_94"}
+    finished(run_small(tmp_path, {**session_env, **secrets}))
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert len(files) >= 5
+    for path in files:
+        content = path.read_bytes()
+        assert not [name for name, value in secrets.items() if value.encode() in content], path
+
+
+def test_remote_code_runs_only_when_asked(caplog):
+    """A model's own code is never trusted by default; a model option that sets trust_remote_code passes it on, with
+    a warning."""
+    from transfer_cli.config import ModelConfig
+    from transfer_cli.models import _load
+
+    asked = []
+    loader = lambda path, trust_remote_code: asked.append(trust_remote_code)  # noqa: E731
+    _load("config", loader, "org/model", ModelConfig(name="m"))
+    assert asked == [False] and not caplog.records
+    _load("config", loader, "org/model", ModelConfig(name="m", trust_remote_code=True))
+    assert asked == [False, True] and "trust_remote_code=true" in caplog.text

@@ -128,6 +128,7 @@ class ModelConfig:
     freeze_embeddings: bool = False
     freeze_layers: int = 0  # the bottom n transformer layers never train
     gradual_unfreezing: bool = False  # ULMFiT: each epoch of a phase unfreezes one more layer, top down
+    trust_remote_code: bool = False  # run the Python code a hub model ships (never by default; warned about)
 
 
 class PeftMethod(str, Enum):

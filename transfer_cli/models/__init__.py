@@ -4,6 +4,7 @@ Options for any strategy: freezing (embeddings, bottom layers, gradual unfreezin
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
@@ -14,6 +15,7 @@ from ..config import ModelConfig, PeftConfig, PeftMethod, Pooling, group_options
 from ..errors import TransferError
 from ..losses import BottleneckHead
 
+log = logging.getLogger("transfer")
 OFFLINE_HINT = "if you are offline, use model=minilm (packaged, works offline) or set model.name_or_path to a local folder"
 
 
@@ -47,8 +49,12 @@ def model_config(name: str, dirs: Optional[List[Path]] = None) -> ModelConfig:
 
 
 def _load(what: str, loader, path: str, model: Any):
+    """`loader(path)`. Code shipped with a hub model runs only where its model option sets trust_remote_code."""
+    trust = bool(getattr(model, "trust_remote_code", False))
+    if trust:
+        log.warning("model '%s': trust_remote_code=true runs the Python code that comes with %s", model.name, path)
     try:
-        return loader(path)
+        return loader(path, trust_remote_code=trust)
     except (OSError, ValueError) as e:
         reason = str(e).splitlines()[0]
         raise TransferError(f"could not load the {what} of model '{model.name}' from '{path}' ({reason}); {OFFLINE_HINT}") from None
