@@ -192,12 +192,14 @@ def keep_adapter_separate(folder: Path) -> None:
     """Turn a saved PEFT run's folder into an adapter export: adapter/ (PEFT's format) and the head's weights, no
     encoder weights; the base model loads from its hub id or package (`load_classifier`)."""
     from safetensors.torch import save_file
+    from transformers.utils import logging as hf_logging
 
     from ..models.exported import ADAPTER_DIR, HEAD_FILE, TransferForSequenceClassification
 
-    model = TransferForSequenceClassification.from_pretrained(folder)
     if not (folder / ADAPTER_DIR).exists():
         raise TransferError("--adapters: this run trained no PEFT adapters (peft=none); export it without --adapters")
+    hf_logging.disable_progress_bar()
+    model = TransferForSequenceClassification.from_pretrained(folder)
     if not getattr(model.config, "adapter_base", None):
         raise TransferError("--adapters: this run's base weights cannot be loaded again (a random-weight model, or "
                             "init_from); export it without --adapters, with the adapters merged")

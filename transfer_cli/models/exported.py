@@ -16,6 +16,7 @@ pooler), so the folder names a small class of ours, `TransferForSequenceClassifi
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -141,7 +142,9 @@ def save_pretrained(model: TransferModel, tokenizer, labels: List[str], max_leng
     with staged_folder(folder) as staging:
         exported = to_pretrained(model, labels)
         if hasattr(model.backbone, "peft_config"):
-            model.backbone.save_pretrained(staging / ADAPTER_DIR)
+            with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in transformers 5
+                warnings.simplefilter("ignore", FutureWarning)
+                model.backbone.save_pretrained(staging / ADAPTER_DIR)
             exported.config.adapter_base = base_model
             if base_model and base_model["name_or_path"]:  # the hub id, not this machine's folder, for PEFT's loaders
                 adapter_config = staging / ADAPTER_DIR / "adapter_config.json"
