@@ -190,7 +190,7 @@ def base_name(folder: Path) -> str:
 
 def keep_adapter_separate(folder: Path) -> None:
     """Turn a saved PEFT run's folder into an adapter export: adapter/ (PEFT's format) and the head's weights, no
-    encoder weights; the base model loads from its hub id or package (`load_classifier`)."""
+    encoder weights; loading it (TransferForSequenceClassification.from_pretrained) fetches the base model."""
     from safetensors.torch import save_file
     from transformers.utils import logging as hf_logging
 
