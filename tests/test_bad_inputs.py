@@ -186,6 +186,8 @@ CASES = [
     Case("blitzer-half", "a Blitzer folder without positive.review", MINE, ("positive.review",), blitzer_without_positive),
     Case("too-few-examples", "a domain of 4 reviews", MINE, ("mine", "4"),
          domain("d.csv", rows("good,positive", "bad,negative", "fine,positive", "poor,negative"))),
+    Case("path-escapes-data-root", "a relative domain path that climbs out of the data root with `..`", MINE,
+         ("../../etc/passwd", "climbs out of the data root"), user_config("domain/mine.yaml", "name: mine\npath: ../../etc/passwd\n")),
     Case("unknown-format", "a domain file named .xlsx", MINE, ("d.xlsx", "format"), domain("d.xlsx", GOOD_CSV)),
     # --- model --------------------------------------------------------------------------------------------------
     Case("model-path-missing", "a model folder that does not exist", ["model=minilm", "model.name_or_path=/nonexistent/model"],
@@ -414,3 +416,16 @@ def test_remote_code_runs_only_when_asked(caplog):
     assert asked == [False] and not caplog.records
     _load("config", loader, "org/model", ModelConfig(name="m", trust_remote_code=True))
     assert asked == [False, True] and "trust_remote_code=true" in caplog.text
+
+
+def test_a_symlink_out_of_the_data_root_is_reported(tmp_path, caplog):
+    """A data set linked into the data root loads (a common set-up), with a warning that names where it leads."""
+    from transfer_cli.config import DomainConfig
+    from transfer_cli.data.loaders import load_domain
+
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "d.csv").write_text(GOOD_CSV)
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "link").symlink_to(tmp_path / "outside")
+    ex = load_domain(DomainConfig(name="mine", path="link/d.csv"), tmp_path / "root")
+    assert len(ex) == 60 and "leads out of the data root" in caplog.text and str(tmp_path / "outside") in caplog.text

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import html
+import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ import pandas as pd
 from ..config import Loader
 from ..errors import TransferError
 
+log = logging.getLogger("transfer")
 NO_DATA_HINT = (
     "set TRANSFER_DATA_DIR or paths.data_dir to the folder that holds it "
     "(the Blitzer set: cs.jhu.edu/~mdredze/datasets/sentiment/), or run `transfer run experiment=demo`, which is offline"
@@ -64,8 +67,18 @@ def load_domain(domain: Any, data_dir: Path) -> Examples:
 
 
 def _resolve(path: str, data_dir: Path) -> Path:
+    """An absolute path as given; a relative one inside the data root: `..` that climbs out of it is an error, and a
+    symlink that leads out of it is reported (linking a big data set into the root is common, so it is allowed)."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else data_dir / p
+    if p.is_absolute():
+        return p
+    joined = data_dir / p
+    if not Path(os.path.normpath(joined)).is_relative_to(os.path.normpath(data_dir)):
+        raise TransferError(f"the relative path '{path}' climbs out of the data root {data_dir}; give an absolute "
+                            "path, or one inside the data root")
+    if joined.exists() and not joined.resolve().is_relative_to(data_dir.resolve()):
+        log.warning("'%s' leads out of the data root %s through a symlink, to %s", path, data_dir, joined.resolve())
+    return joined
 
 
 def _require(path: Path, domain: Any) -> Path:
