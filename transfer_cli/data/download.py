@@ -27,6 +27,7 @@ from typing import Dict, List, Optional
 
 from ..console import print_table
 from ..errors import TransferError
+from .loaders import _resolve, hub_copy, parse_blitzer
 
 AMAZON_URL = "https://www.cs.jhu.edu/~mdredze/datasets/sentiment/domain_sentiment_data.tar.gz"
 AMAZON_FOLDER = "amazon-multi-domain"
@@ -38,11 +39,6 @@ CHUNK = 1 << 16
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("TRANSFER_DATA_DIR", "data")).expanduser()
-
-
-def hub_copy(data_dir: Path, name: str) -> Path:
-    """Where `transfer data download NAME` saves a hub domain (the hub loader looks here first)."""
-    return data_dir / "hub" / f"{name}.parquet"
 
 
 def fetch(url: str, target: Path, progress) -> None:
@@ -84,7 +80,6 @@ def sha256(path: Path) -> str:
 
 def download_amazon(data_dir: Path, url: str, expected_sha256: Optional[str], force: bool, progress) -> Dict[str, int]:
     """Fetch, check and unpack the archive; returns the number of reviews per domain."""
-    from .loaders import parse_blitzer
 
     final = data_dir / AMAZON_FOLDER
     if final.exists() and not force:
@@ -150,7 +145,6 @@ def download_hub(domain, data_dir: Path, force: bool) -> int:
 
 def presence(domain, data_dir: Path) -> tuple:
     """(status, where) of a domain's data under the data root."""
-    from .loaders import _resolve
 
     if domain.loader == "synthetic":
         return "built in", "generated"

@@ -256,10 +256,13 @@ def _load_files(domain: Any, data_dir: Path):
 # --- hub --------------------------------------------------------------------------------------------------------
 
 
+def hub_copy(data_dir: Path, name: str) -> Path:
+    """Where `transfer data download NAME` saves a hub domain (the hub loader looks here first)."""
+    return data_dir / "hub" / f"{name}.parquet"
+
+
 def _load_hub(domain: Any, data_dir: Path):
     """A local copy first: the domain's own (`local`), then one saved by `transfer data download NAME`."""
-    from .download import hub_copy
-
     if domain.local is not None:
         local = _resolve(domain.local.path, data_dir)
         if local.exists():
