@@ -43,7 +43,7 @@ GATHER = textwrap.dedent("""
     import numpy as np
     from accelerate import Accelerator
     from transfer_cli.data.batching import TokenizedSet
-    from transfer_cli.training.evaluate import infer
+    from transfer_cli.evaluate import infer
 
     accelerator = Accelerator(cpu=True)
     # 37 examples in batches of 8: 5 batches, which 2 processes can only share evenly by repeating one

@@ -57,7 +57,7 @@ def analyze(run: Path, max_examples: int, tsne: bool) -> Dict[str, float]:
     from .hardware import setup
     from .models import build_model, load_backbone_config, load_tokenizer
     from .models.exported import TransferForSequenceClassification
-    from .training.evaluate import infer
+    from .evaluate import infer
 
     config_file, saved = run / ".hydra" / "config.yaml", run / "model" / "config.json"
     if not config_file.exists():

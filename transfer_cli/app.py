@@ -283,7 +283,7 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str, stop, progr
                      checkpoints=checkpoints, stop=stop, on_epoch=on_epoch)
         if typed.train.save_model:  # a Hugging Face folder: what `transfer export`, `predict` and `serve` read
             from .models.exported import save_pretrained
-            from .training.evaluate import predict
+            from .evaluate import predict
 
             features, logits = predict(strategy.model, data.target_validation, typed.train.eval_batch_size,
                                        tokenizer.pad_token_id, accelerator)  # every process: a gathered inference

@@ -28,7 +28,7 @@ from ..data import RunData
 from ..data.batching import TokenizedSet
 from ..errors import TransferError
 from ..models import TransferModel
-from ..training.evaluate import infer
+from ..evaluate import infer
 
 Logs = Dict[str, float]
 

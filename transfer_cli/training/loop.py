@@ -21,7 +21,7 @@ from ..models import gradual_unfreeze
 from ..strategies import Context, Group, Phase, Strategy
 from . import validators
 from .checkpoint import Checkpoints
-from .evaluate import classification_scores, predict
+from ..evaluate import classification_scores, predict
 from .signals import StopSignals
 
 log = logging.getLogger(__name__)

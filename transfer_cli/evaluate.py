@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from ..data.batching import TokenizedSet, eval_loader
+from .data.batching import TokenizedSet, eval_loader
 
 
 @torch.no_grad()
