@@ -307,6 +307,7 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str, stop, progr
         "oracle": strategy_cls.oracle,
         "target_labels": strategy_cls.target_labels,
         "target_labels_used": data.target_labels_used,
+        "source_labels_used": len(data.source_train) if strategy.source_labels else 0,
         "init_from": typed.init_from,
         "seed": typed.seed,
         "config_digest": digest,
@@ -330,7 +331,7 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str, stop, progr
         **{column: final[column] for column, _ in VALIDATORS.values()},
         "selected_phase": final["phase"],
         "selected_epoch": final["epoch"],
-        "epochs_run": len(result.history),
+        "epochs_run": sum(row["epoch"] > 0 for row in result.history),  # (a zero-shot run's one row is epoch 0)
         "trainable_parameters": trainable,
         "total_parameters": sum(p.numel() for p in strategy.parameters()),
         "data_seconds": round(data_seconds, 3),
@@ -348,7 +349,7 @@ def _print_table(metrics: Dict[str, Any], folder: Path) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("target_test_accuracy", "target_test_f1_macro", "source_val_accuracy", "transfer_gap",
-                "selection", "target_labels_used", "trainable_parameters", "train_samples_per_second",
+                "selection", "target_labels_used", "source_labels_used", "trainable_parameters", "train_samples_per_second",
                 "total_seconds", "device", "precision"):
         value = metrics[key]
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))

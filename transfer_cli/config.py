@@ -106,6 +106,8 @@ class DomainConfig:
     label_column: str = "label"
     label_map: Optional[Dict[Any, int]] = None  # raw label -> class index; unmapped rows are dropped
     labels: List[str] = field(default_factory=lambda: ["negative", "positive"])
+    # one natural-language description per label, for zero-shot classification (default: "This text is {label}.")
+    label_descriptions: Optional[List[str]] = None
     hub_id: Optional[str] = None
     hub_config: Optional[str] = None
     hub_split: str = "train"

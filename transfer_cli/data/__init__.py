@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -37,6 +37,7 @@ class RunData:
     source_domain: Optional[np.ndarray] = None  # index into source_names, per source_train example
     source_names: List[str] = field(default_factory=list)
     target_validation: Optional[TokenizedSet] = None  # a fixed subset of the pool, for the label-free validators
+    target_domain: Optional[Any] = None  # the target's DomainConfig (labels, their descriptions)
 
     def labelled_target(self, k: Optional[int], seed: int) -> TokenizedSet:
         """k class-balanced labelled examples from the target pool (all of it when k is None). Counted."""
@@ -144,4 +145,5 @@ def build_data(cfg, tokenizer, data_dir: Path, cache_dir: Path) -> RunData:
         source_domain=np.concatenate(train_domain),
         source_names=[domain.name for domain in cfg.source.values()],
         target_validation=TokenizedSet([ids[pool[i]] for i in validation]),
+        target_domain=target,
     )

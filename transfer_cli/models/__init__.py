@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, PeftConfig, PeftMethod, Pooling, group_options, load_option, run_config_dirs
@@ -96,11 +97,28 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
+class CosineHead(nn.Module):
+    """logits = scale · cos(f, p_c): the cosine similarity of the features with one prototype per class (a
+    sentence encoder's embedding of each class's description, in zero-shot classification). `scale` only sharpens
+    the probabilities; it never changes which class wins."""
+
+    def __init__(self, features: int, labels: int):
+        super().__init__()
+        self.prototypes = nn.Parameter(torch.zeros(labels, features))
+        self.register_buffer("scale", torch.tensor(1.0))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        cosine = F.normalize(features, dim=-1) @ F.normalize(self.prototypes, dim=-1).to(features.dtype).T
+        return self.scale * cosine
+
+
 def make_head(features: int, labels: int, dropout: float, kind: str = "linear", width: int = 0) -> nn.Module:
-    """The classification head: linear (dropout, linear), mlp (a hidden ReLU layer `width` wide) or bottleneck
-    (TLlib's, for DANN and CDAN: linear-BatchNorm-ReLU `width` wide, then linear). The head remembers its kind and
-    width, so that an export can rebuild it."""
-    if kind == "bottleneck":
+    """The classification head: linear (dropout, linear), mlp (a hidden ReLU layer `width` wide), bottleneck
+    (TLlib's, for DANN and CDAN: linear-BatchNorm-ReLU `width` wide, then linear) or cosine (zero-shot: similarity
+    to class prototypes). The head remembers its kind and width, so that an export can rebuild it."""
+    if kind == "cosine":
+        head = CosineHead(features, labels)
+    elif kind == "bottleneck":
         head = BottleneckHead(features, width, labels, dropout)
     elif kind == "mlp":
         head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, width), nn.ReLU(), nn.Dropout(dropout),

@@ -5,7 +5,8 @@ A strategy owns what makes it different:
 - `Params`: its hyperparameters, validated from its YAML;
 - its extra modules (created in `__init__`, trained with the model);
 - `phases()`: what each training phase trains on (default: labelled source, plus unlabelled target if it adapts).
-  It may be a generator: the next phase is built after the previous one trained (self-training's pseudo-labels);
+  It may be a generator: the next phase is built after the previous one trained (self-training's pseudo-labels).
+  A phase of 0 epochs trains nothing: the model is scored as it is (zero-shot);
 - `start_phase()`: which parameters train in a phase (default: all that are not frozen);
 - `loss()`: the per-step loss from a batch of the phase's training set and, when the phase has one, a batch of
   unlabelled target text. A phase may name another method as its loss (`Phase.loss`);
@@ -71,13 +72,16 @@ class Group:
 class Phase:
     """One stage of training.
 
-    `train` is the set the epoch runs over (labelled, except in self-supervised phases such as MLM).
+    `train` is the set the epoch runs over (labelled, except in self-supervised phases such as MLM). With `epochs`
+    0 nothing trains: the loop scores the model once, and `selection` says how its state was reached (none).
     `selection` picks the phase's checkpoint: None for the run's label-free validator (`selection=...`, default
     source-validation accuracy), target_val (oracle runs only), or last (no held-out data, e.g. k-shot fine-tuning).
     `model` is the model the phase evaluates (default: the strategy's model; a teacher, while it trains).
     `batch_by` gives each training example a group (its source domain): batches never mix groups.
     `loss` is the phase's loss (default: the strategy's `loss`); `groups` its parameters with their own optimiser
-    settings (the rest train with the run's); `batch_size` its own (default: the run's, train.batch_size)."""
+    settings (the rest train with the run's); `batch_size` its own (default: the run's, train.batch_size).
+    `group_by_length: False` makes the phase's batches plain random ones whatever train.group_by_length says (where
+    a batch must mix examples, such as in-batch pairs of a repeated few-shot set)."""
 
     name: str
     train: TokenizedSet
@@ -91,6 +95,7 @@ class Phase:
     loss: Optional[Callable[..., Tuple[torch.Tensor, Logs]]] = None
     groups: Sequence[Group] = ()
     batch_size: Optional[int] = None
+    group_by_length: bool = True
 
 
 @dataclass
@@ -118,12 +123,18 @@ class Context:
         model.eval()
         return infer(model.encode, data, self.eval_batch_size, self.pad_id, self.accelerator)
 
+    def embed(self, model: TransferModel, texts: List[str]) -> torch.Tensor:
+        """The pooled features of texts that are not in the run's data (class descriptions, prompts)."""
+        ids = self.tokenizer(list(texts), truncation=True)["input_ids"]
+        return self.features(model, TokenizedSet([np.asarray(i, dtype=np.int64) for i in ids]))
+
 
 class Strategy(nn.Module):
     name = "base"
     target_labels = "none"  # which target labels it uses: none | few | all
     oracle = False  # trained or selected with target labels: an upper bound, not a transfer result
     adapts = False  # draws unlabelled target batches alongside the labelled ones
+    source_labels = True  # trains on the labelled source (zero-shot and target-only methods do not)
 
     @dataclass
     class Params:

@@ -14,6 +14,7 @@ class TargetOracle(Strategy):
     name = "target_oracle"
     target_labels = "all"
     oracle = True
+    source_labels = False
 
     @dataclass
     class Params:

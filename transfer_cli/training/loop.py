@@ -128,6 +128,9 @@ def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, tokenizer, pro
     run = _Run(strategy, data, cfg, ctx, result, checkpoints, stop or StopSignals(), on_epoch)
     with _progress_bar(disable=not progress_bar) as run.bar:
         for number, phase in enumerate(strategy.phases(data, ctx)):
+            if phase.epochs == 0:  # nothing trains (zero-shot): the model as it is, scored once
+                result.final = run.evaluate(phase)
+                continue
             if len(phase.train) == 0:
                 raise TransferError(f"phase '{phase.name}' has no examples to train on; use more data")
             strategy.start_phase(phase)
@@ -214,7 +217,7 @@ class _Run:
         model = phase.model or strategy.model
         batch_size = phase.batch_size or train.batch_size
         loader = train_loader(phase.train, batch_size, cfg.seed + number, self.ctx.pad_id,
-                              train.group_by_length, phase.batch_by)
+                              train.group_by_length and phase.group_by_length, phase.batch_by)
         sampler, loader = loader.batch_sampler, accelerator.prepare_data_loader(loader, device_placement=True)
         accelerator.gradient_accumulation_steps = train.grad_accum_steps
         total_steps = math.ceil(len(loader) / train.grad_accum_steps) * phase.epochs
@@ -229,7 +232,8 @@ class _Run:
                  accelerator.num_processes, train.grad_accum_steps)
         unlabelled = None
         if phase.unlabelled is not None:
-            paired = train.pair_by_length and train.group_by_length  # random labelled batches have no length to match
+            # random labelled batches have no length to match
+            paired = train.pair_by_length and train.group_by_length and phase.group_by_length
             unlabelled = _Unlabelled(phase.unlabelled, phase.train, cfg.seed + 1000 + number, batch_size, paired,
                                      self.ctx, state.drawn)
 
@@ -305,6 +309,20 @@ class _Run:
             p.requires_grad_(True)
         state.best_row["selected"] = True
         return state.best_row
+
+    def evaluate(self, phase: Phase) -> Dict[str, Any]:
+        """The scores of a phase that trains nothing: one row, epoch 0, selection `none` (there is nothing to select)
+        unless the phase names one."""
+        self.strategy.eval()
+        model = phase.model or self.strategy.model
+        row = {"phase": phase.name, "epoch": 0, **_score_epoch(model, self.data, phase, self.ctx, self.result)}
+        row.update(selection=phase.selection or "none", selection_score=None, selected=True)
+        self.result.history.append(row)
+        log.info("%s (no training): source val acc %.4f, target test acc %.4f", phase.name,
+                 row["source_val_accuracy"], row["target_test_accuracy"])
+        if self.on_epoch is not None and self.ctx.accelerator.is_main_process:
+            self.on_epoch(self.result.history)
+        return row
 
     def _step(self, batch: dict, unlabelled: Optional[_Unlabelled], state: PhaseState, optimizer,
               owners: List[Group], scheduler, total_steps: int) -> None:
