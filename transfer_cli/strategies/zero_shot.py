@@ -1,0 +1,80 @@
+"""Strict zero-shot classification: no labelled example of any domain, only a description of each class.
+
+A sentence encoder E embeds the text and, through each template t, the description d_c of each class c; the text
+goes to the class whose prototype is the most similar (as in the embedding-similarity baseline of Yin et al.,
+"Benchmarking Zero-shot Text Classification", EMNLP 2019, with sentence embeddings as in Reimers & Gurevych,
+"Sentence-BERT", EMNLP 2019):
+
+    p_c = normalise( mean_t normalise(E(t(d_c))) ),    ŷ = argmax_c cos(E(x), p_c),    P(c|x) ∝ exp(s · cos(E(x), p_c))
+
+The descriptions come from the target domain's `label_descriptions` (default: "This text is {label}."). Nothing
+trains, so no checkpoint is selected (`selection: none`); the model is a plain classifier whose head holds the
+prototypes (it exports, predicts and serves like any other). No label of any split is read: `target_labels_used`
+and `source_labels_used` are 0. The scale s changes the probabilities (and the entropy-based validators), never the
+prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, List
+
+import torch
+import torch.nn.functional as F
+
+from ..data.batching import TokenizedSet
+from ..errors import TransferError
+from ..models import make_head
+from .base import Context, Phase, Strategy, check
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DESCRIPTION = "This text is {label}."
+
+
+def class_descriptions(domain) -> List[str]:
+    """One description per label: the domain's own, else the default built from the label's name."""
+    if domain.label_descriptions is not None:
+        return list(domain.label_descriptions)
+    return [DEFAULT_DESCRIPTION.format(label=label) for label in domain.labels]
+
+
+class ZeroShot(Strategy):
+    name = "zero_shot"
+    source_labels = False
+
+    @dataclass
+    class Params:
+        # each is formatted with {description} (and {label}); the prototype averages the templates' embeddings
+        templates: List[str] = field(default_factory=lambda: ["{description}"])
+        scale: float = 20.0  # s: the logits' scale (the inverse temperature)
+
+        def __post_init__(self):
+            check(len(self.templates) >= 1, "strategy.templates is empty; give at least one, e.g. ['{description}']")
+            for template in self.templates:
+                check("{description}" in template or "{label}" in template,
+                      f"strategy.templates: '{template}' names neither {{description}} nor {{label}}")
+            check(self.scale > 0, f"strategy.scale={self.scale} must be > 0")
+
+    def __init__(self, params, model):
+        super().__init__(params, model)
+        model.head = make_head(model.feature_dim, model.num_labels, 0.0, "cosine")
+        model.head.scale.fill_(params.scale)
+
+    def phases(self, data, ctx: Context) -> Iterable[Phase]:
+        domain = data.target_domain
+        descriptions = class_descriptions(domain)
+        if len(descriptions) != len(domain.labels):
+            raise TransferError(f"domain '{domain.name}': label_descriptions has {len(descriptions)} entries but "
+                                f"labels has {len(domain.labels)}; give one description per label, in order")
+        self.model.head.prototypes.data.copy_(self.prototypes(descriptions, domain.labels, ctx))
+        log.info("zero-shot prototypes from: %s", "; ".join(
+            t.format(description=d, label=l) for d, l in zip(descriptions, domain.labels) for t in self.params.templates))
+        return [Phase("zero_shot", TokenizedSet([]), epochs=0)]
+
+    def prototypes(self, descriptions: List[str], labels: List[str], ctx: Context) -> torch.Tensor:
+        texts = [t.format(description=d, label=l) for d, l in zip(descriptions, labels) for t in self.params.templates]
+        embedded = F.normalize(ctx.embed(self.model, texts), dim=-1)
+        per_class = embedded.view(len(descriptions), len(self.params.templates), -1).mean(1)
+        return F.normalize(per_class, dim=-1)
