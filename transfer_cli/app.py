@@ -216,6 +216,8 @@ def config_digest(cfg: DictConfig) -> str:
     for key in ("paths", "resume", "logger"):
         content.pop(key, None)
     content.get("train", {}).pop("keep_checkpoints", None)
+    if content.get("data", {}).get("split_seed") is None:  # at its default (newer than the sweeps that ran without
+        content["data"].pop("split_seed", None)  # it), a completed job keeps its digest and is not run again
     content["transfer_version"] = __version__
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -293,6 +295,7 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str, stop, progr
                 fixed = typed.model.random_init is None and typed.init_from is None  # can a user load the base again?
                 base = {k: getattr(typed.model, k) for k in ("name", "name_or_path", "package")} if fixed else None
                 save_pretrained(strategy.model, tokenizer, labels, typed.data.max_length, folder / "model", reference, base)
+        test_digest = _write_test_predictions(strategy.model, data.target_test, typed, accelerator, tokenizer, folder, main)
         if not typed.train.keep_checkpoints:
             checkpoints.remove()
 
@@ -311,6 +314,7 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str, stop, progr
         "init_from": typed.init_from,
         "seed": typed.seed,
         "config_digest": digest,
+        "test_split_digest": test_digest,  # runs with the same digest were tested on the same examples (ensembles)
         "device": hardware.device,
         "precision": hardware.precision,
         "precision_reason": hardware.precision_reason,
@@ -342,6 +346,21 @@ def _run(cfg: DictConfig, folder: Path, started: float, digest: str, stop, progr
         "eval_samples_per_second": round(result.eval_samples / max(result.eval_seconds, 1e-9), 2),
         "output_dir": str(folder),
     }
+
+
+def _write_test_predictions(model, test, typed, accelerator, tokenizer, folder: Path, main: bool) -> str:
+    """The selected model's class probabilities on the target test split, in its order (test_predictions.csv: what
+    `transfer ensemble` averages); returns the split's digest. Every process infers (a gathered inference), rank 0
+    writes."""
+    from .data import split_digest
+    from .evaluate import predict
+    from .outputs import PREDICTIONS, write_predictions
+
+    _, logits = predict(model, test, typed.train.eval_batch_size, tokenizer.pad_token_id, accelerator)
+    if main:
+        labels = next(iter(typed.target.values())).labels
+        write_predictions(folder / PREDICTIONS, test.labels, logits.softmax(-1).numpy(), labels)
+    return split_digest(test)
 
 
 def _print_table(metrics: Dict[str, Any], folder: Path) -> None:

@@ -171,6 +171,9 @@ class DataConfig:
     max_target_pool: Optional[int] = None
     max_target_test: Optional[int] = None
     max_target_validation: Optional[int] = 1000  # unlabelled target examples the validators score every epoch
+    # the seed of the splits (source train/val, target pool/test, the validators' pool subset); None = the run's seed.
+    # Runs of several seeds with one split_seed share their test split and differ only in training (an ensemble's members)
+    split_seed: Optional[int] = None
 
 
 @dataclass

@@ -6,6 +6,8 @@
                    epoch, checkpoint), written at start, every minute while running, and at the end
     checkpoint/    the loop's latest checkpoint (training/checkpoint.py), pruned when the run completes
     env.json       package versions, git sha, platform
+    test_predictions.csv  the selected model's class probabilities on the target test split, one row per example in
+                   the split's order (what `transfer ensemble` averages)
     run.log        the log (Hydra); .hydra/ holds the composed config and the overrides
 """
 
@@ -30,6 +32,7 @@ from typing import Any, Dict, Iterator, List, Union
 
 SCHEMA_VERSION = 1
 CHECKPOINT = "checkpoint"  # the loop's checkpoint folder in a run folder (training/checkpoint.py)
+PREDICTIONS = "test_predictions.csv"  # a run's target test predictions (write_predictions)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -85,6 +88,20 @@ def write_history(path: Path, rows: List[Dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
+
+
+def write_predictions(path: Path, labels: Any, probabilities: Any, names: List[str]) -> None:
+    """One row per test example, in the split's order: `index` (its position in the split), `label` (the true class
+    index), `prediction` (the most probable class) and `p_<name>` per class (its probability)."""
+    import numpy as np
+
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["index", "label", "prediction", *(f"p_{name}" for name in names)])
+    for i, (label, row) in enumerate(zip(np.asarray(labels).tolist(), probabilities)):
+        writer.writerow([i, int(label), int(row.argmax()), *(repr(float(p)) for p in row)])
     write_atomic(path, buffer.getvalue())
 
 

@@ -1,7 +1,7 @@
 """Domains -> deterministic splits -> token ids.
 
 The protocol (no target-label leakage by default):
-- source: train / validation (stratified, per seed);
+- source: train / validation (stratified, per split seed: `data.split_seed`, else the run's `seed`);
 - target, inductive: an adaptation pool (its labels hidden) and a disjoint labelled test split;
 - target, transductive: the pool and the test split are both all of the target data, except that target examples
   handed out with their labels (few-shot, oracle) leave the test split.
@@ -10,6 +10,7 @@ Target labels of the pool are handed out only through `RunData.labelled_target`,
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -90,13 +91,29 @@ def _limit(index: np.ndarray, limit: Optional[int]) -> np.ndarray:
     return index if limit is None else index[:limit]
 
 
+def split_seed(cfg) -> int:
+    """The seed of every split: data.split_seed, else the run's seed."""
+    return cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
+
+
+def split_digest(split: TokenizedSet) -> str:
+    """A fingerprint of a labelled split (its token ids and labels, in order): runs whose test splits have the same
+    digest were tested on the same examples, which `transfer ensemble` requires of its members."""
+    h = hashlib.sha256()
+    for ids in split.ids:
+        h.update(np.asarray(ids, dtype=np.int64).tobytes())
+        h.update(b"|")
+    h.update(np.asarray(split.labels, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
 def _target_split(ex: Examples, cfg) -> Tuple[np.ndarray, np.ndarray]:
     """The target's (pool, test) indices: a held-out split, or (transductive) the same examples twice."""
     d = cfg.data
     if cfg.protocol == "transductive":
-        pool = test = _limit(np.random.default_rng(cfg.seed).permutation(len(ex)), d.max_target_test)
+        pool = test = _limit(np.random.default_rng(split_seed(cfg)).permutation(len(ex)), d.max_target_test)
     else:
-        pool, test = _split(ex, d.target_test_fraction, cfg.seed)
+        pool, test = _split(ex, d.target_test_fraction, split_seed(cfg))
         pool, test = _limit(pool, d.max_target_pool), _limit(test, d.max_target_test)
     return pool, test
 
@@ -110,7 +127,7 @@ def target_test_texts(cfg, data_dir: Path) -> Tuple[List[str], np.ndarray]:
 
 
 def build_data(cfg, tokenizer, data_dir: Path, cache_dir: Path) -> RunData:
-    """Load every source and the target domain, split them for `cfg.seed`, and tokenize (cached)."""
+    """Load every source and the target domain, split them for the split seed (`split_seed`), and tokenize (cached)."""
     data_dir, cache_dir = Path(data_dir).expanduser(), Path(cache_dir).expanduser()  # `~` from a config or a caller
     d = cfg.data
     tokens = lambda ex: tokenize(ex.texts, tokenizer, d.max_length, cache_dir)  # noqa: E731
@@ -120,7 +137,7 @@ def build_data(cfg, tokenizer, data_dir: Path, cache_dir: Path) -> RunData:
     for number, domain in enumerate(cfg.source.values()):
         ex = load_domain(domain, data_dir)
         ids = tokens(ex)
-        tr, va = _split(ex, d.source_val_fraction, cfg.seed)
+        tr, va = _split(ex, d.source_val_fraction, split_seed(cfg))
         tr, va = _limit(tr, d.max_source_train), _limit(va, d.max_source_val)
         train_ids += [ids[i] for i in tr]
         val_ids += [ids[i] for i in va]
@@ -133,7 +150,7 @@ def build_data(cfg, tokenizer, data_dir: Path, cache_dir: Path) -> RunData:
     ids = tokens(ex)
     transductive = cfg.protocol == "transductive"
     pool, test = _target_split(ex, cfg)
-    validation = np.sort(np.random.default_rng(cfg.seed).permutation(len(pool))[: d.max_target_validation])
+    validation = np.sort(np.random.default_rng(split_seed(cfg)).permutation(len(pool))[: d.max_target_validation])
     return RunData(
         source_train=TokenizedSet(train_ids, np.concatenate(train_labels)),
         source_val=TokenizedSet(val_ids, np.concatenate(val_labels)),
