@@ -33,6 +33,9 @@ commands:
   report PATH...    aggregate run and multirun folders: mean ± std over seeds, deltas against source_only
                     and the oracle, negative transfer, label-free selection gaps, failed runs; writes
                     report.md, report.csv, runs.csv, selection.csv and figures
+  ensemble RUN... --out DIR
+                    average the class probabilities of runs on one target test split (run folders,
+                    or a multirun folder's completed runs) into a run folder that `report` lists
   export RUN --out DIR
                     the run's adapted classifier as a Hugging Face folder (safetensors, config with
                     id2label, tokenizer, model card); runs saved with train.save_model=true
@@ -269,8 +272,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(130)
 
 
-SUBCOMMANDS = {"data": ".data.download", "analyze": ".analyze", "report": ".report", "export": ".deploy.export",
-               "predict": ".deploy.predict", "serve": ".deploy.serve"}
+SUBCOMMANDS = {"data": ".data.download", "analyze": ".analyze", "report": ".report", "ensemble": ".ensemble",
+               "export": ".deploy.export", "predict": ".deploy.predict", "serve": ".deploy.serve"}
 
 
 def dispatch(argv: List[str]) -> None:

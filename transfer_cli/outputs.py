@@ -8,6 +8,7 @@
     env.json       package versions, git sha, platform
     test_predictions.csv  the selected model's class probabilities on the target test split, one row per example in
                    the split's order (what `transfer ensemble` averages)
+    members.json   an ensemble's folder only: its member runs (`transfer ensemble`)
     run.log        the log (Hydra); .hydra/ holds the composed config and the overrides
 """
 
@@ -33,6 +34,7 @@ from typing import Any, Dict, Iterator, List, Union
 SCHEMA_VERSION = 1
 CHECKPOINT = "checkpoint"  # the loop's checkpoint folder in a run folder (training/checkpoint.py)
 PREDICTIONS = "test_predictions.csv"  # a run's target test predictions (write_predictions)
+MEMBERS = "members.json"  # in an ensemble's run folder (transfer_cli/ensemble.py): its member runs
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
