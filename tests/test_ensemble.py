@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from transfer_cli.deploy.export import export
 from transfer_cli.deploy.runtime import Classifier
 from transfer_cli.ensemble import build
 from transfer_cli.ensemble import main as ensemble_main
@@ -156,3 +157,20 @@ def test_the_seed_ensemble_preset_ends_with_an_ensemble(cli, tmp_path):
     assert ensemble["strategy"] == "ensemble(source_only)" and ensemble["seed"] == "0+1"
     assert ensemble["members_count"] == 2 and ensemble["test_split_digest"] == metrics(jobs[0])["test_split_digest"]
     assert "ensemble(source_only): books -> dvd (2 members)" in out.stdout
+
+
+def test_an_ensemble_exports_and_predicts_as_one_model(saved_runs, data_dir, cli, tmp_path):
+    """Members saved with train.save_model=true: the ensemble exports as members/N/ + ensemble.json, and predict gives
+    the mean of the members' probabilities (the ensemble's test predictions) and its accuracy."""
+    build(saved_runs, tmp_path / "ens")
+    export(tmp_path / "ens", tmp_path / "exported")  # (`transfer export` calls this)
+    exported = tmp_path / "exported"
+    assert json.loads((exported / "ensemble.json").read_text())["members"] == ["members/0", "members/1"]
+    assert (exported / "members" / "1" / "model.safetensors").exists() and (exported / "drift_reference.safetensors").exists()
+    assert "# ensemble(" in (exported / "README.md").read_text()
+    write_test_csv(saved_runs[0], data_dir, tmp_path / "test.csv")
+    out = cli("predict", str(exported), "--input", str(tmp_path / "test.csv"), "--text-column", "review",
+              "--label-column", "gold", "--output", str(tmp_path / "p.jsonl"))
+    assert out.returncode == 0, out.stderr
+    assert np.abs(predicted(tmp_path / "p.jsonl") - probabilities(tmp_path / "ens")).max() < 1e-5
+    assert f"accuracy {metrics(tmp_path / 'ens')['target_test_accuracy']:.4f}" in out.stderr

@@ -4,6 +4,10 @@ The run must have saved its model (`train.save_model=true` writes RUN/model/, th
 folder holds config.json (id2label from the target domain's labels), model.safetensors and the tokenizer; it loads
 with `AutoModelForSequenceClassification.from_pretrained(DIR)` or `pipeline("text-classification", model=DIR)` once
 `transfer_cli.hf` is imported (see transfer_cli/models/exported.py for why a class of our own).
+
+An ensemble's folder (`transfer ensemble`, every member saved with train.save_model=true) exports as `members/N/` (each
+member's model folder, converted as the options say), `ensemble.json` (the member folders; their class probabilities
+are averaged) and a drift reference; `transfer predict` and `transfer serve` load it as one model.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import List
 
 from .. import __version__
 from ..errors import TransferError
-from ..outputs import read_json, staged_folder, write_atomic
+from ..outputs import MEMBERS, read_json, staged_folder, write_atomic, write_json
 
 CARD_METRICS = ["target_test_accuracy", "target_test_f1_macro", "source_val_accuracy", "selection", "selection_score",
                 "oracle", "target_labels_used", "source_train_size", "target_pool_size", "target_test_size"]
@@ -36,6 +40,9 @@ def saved_model(run: Path) -> Path:
 
 
 def command(run: Path) -> str:
+    members = read_json(run / MEMBERS)
+    if members:  # an ensemble's folder
+        return " ".join(["transfer ensemble", *(m["folder"] for m in members["members"]), "--out", str(run)])
     overrides = run / ".hydra" / "overrides.yaml"
     lines = overrides.read_text().splitlines() if overrides.exists() else []
     return " ".join(["transfer run", *(line[2:].strip() for line in lines if line.startswith("- "))])
@@ -48,6 +55,12 @@ def model_card(run: Path, compression: str = "") -> str:
     value = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     rows = "\n".join(f"| {key} | {value(metrics[key])} |" for key in CARD_METRICS if key in metrics)
     oracle = " It used target labels for training or selection (an oracle run)." if metrics.get("oracle") else ""
+    use = USE_ONE
+    if metrics.get("members"):
+        oracle += (f"\n\nAn ensemble: the mean of the class probabilities of {len(metrics['members'])} models (`members/N/`, "
+                   f"each a model folder of its own), whose mean target_test_accuracy is "
+                   f"{metrics['members_mean_accuracy']:.4f}.")
+        use = USE_ENSEMBLE
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
@@ -70,7 +83,10 @@ A text classifier adapted from `{source}` to `{target}` with the `{strategy}` st
 
 ## Use
 
-The model is the run's encoder, pooling and head, in the small class `TransferForSequenceClassification`; importing
+{use}"""
+
+
+USE_ONE = """The model is the run's encoder, pooling and head, in the small class `TransferForSequenceClassification`; importing
 `transfer_cli.hf` registers it with transformers (no `trust_remote_code`):
 
 ```python
@@ -80,6 +96,18 @@ classify = pipeline("text-classification", model="path/to/this/folder")
 ```
 
 or `transfer predict path/to/this/folder --input reviews.csv`.
+"""
+
+USE_ENSEMBLE = """`transfer predict path/to/this/folder --input reviews.csv` or `transfer serve path/to/this/folder`; in Python:
+
+```python
+from transfer_cli.deploy.runtime import Classifier
+model = Classifier("path/to/this/folder")
+probabilities, _ = model.predict(model.tokenize(["a gripping film"]), batch_size=32)
+```
+
+Each member (`members/0/`, ...) is a Hugging Face model folder of its own: `import transfer_cli.hf`, then
+`AutoModelForSequenceClassification.from_pretrained("path/to/this/folder/members/0")`.
 """
 
 
@@ -209,36 +237,77 @@ def keep_adapter_separate(folder: Path) -> None:
 
 def export(run: Path, out: Path, onnx: bool = False, quantize: bool = False, prune: float = 0.0,
            adapters: bool = False) -> dict:
-    """Write the export into `out` (new or empty), whole or not at all. Returns the ONNX check, if any."""
-    from ..models.exported import ADAPTER_DIR, HEAD_FILE
+    """Write the export into `out` (new or empty), whole or not at all. Returns the ONNX check, if any (an ensemble:
+    its first member's). An ensemble's folder exports each member's model into `members/N/` (each converted as the
+    options say) and `ensemble.json`, which `transfer predict` and `serve` load as one model."""
+    from ..models.exported import ADAPTER_DIR, ENSEMBLE_FILE, HEAD_FILE
 
-    source = saved_model(run)
+    members = ensemble_models(run) if (run / MEMBERS).exists() else None
+    source = saved_model(run) if members is None else None
     if out.exists() and any(out.iterdir()):
         raise TransferError(f"{out} exists and is not empty; choose a new --out folder or remove it")
     if adapters and (onnx or quantize or prune):
         raise TransferError("--adapters keeps the PEFT adapter apart from the base model; it cannot be combined with "
                             "--format onnx, --quantize or --prune (which need the merged weights)")
     with staged_folder(out) as staging:
-        shutil.copytree(source, staging, dirs_exist_ok=True)
-        if not adapters:
-            shutil.rmtree(staging / ADAPTER_DIR, ignore_errors=True)
+        folders = [staging] if members is None else [staging / "members" / str(i) for i in range(len(members))]
+        for folder, model in zip(folders, members or [source]):
+            shutil.copytree(model, folder, dirs_exist_ok=True)
+            if not adapters:
+                shutil.rmtree(folder / ADAPTER_DIR, ignore_errors=True)
         done = ["the PEFT adapter kept apart from the base model (`adapter/`, PEFT's format, and the head in "
-                f"`{HEAD_FILE}`; loading the folder loads the base `{base_name(staging)}` and merges them)"] * adapters
+                f"`{HEAD_FILE}`; loading the folder loads the base `{base_name(folders[0])}` and merges them)"] * adapters
         done += [f"{prune:.0%} of the feed-forward neurons pruned"] * bool(prune)
         done += ["weights quantised to int8 (ONNX)" if quantize else "exported to ONNX"] * (onnx or quantize)
         compression = f"\nAfter the run: {'; '.join(done)}. The metrics below are the run's, before that.\n" if done else ""
         write_atomic(staging / "README.md", model_card(run, compression))
-        if adapters:
-            keep_adapter_separate(staging)
-        if prune:
-            prune_ffn(staging, prune)
-        check = to_onnx(staging, quantize) if onnx or quantize else {}
-    return check
+        if members is not None:
+            write_json(staging / ENSEMBLE_FILE, {"members": [str(f.relative_to(staging)) for f in folders],
+                                                 "combine": "mean of the members' class probabilities"})
+            ensemble_reference(folders, staging)
+        checks = []
+        for folder in folders:
+            if adapters:
+                keep_adapter_separate(folder)
+            if prune:
+                prune_ffn(folder, prune)
+            checks.append(to_onnx(folder, quantize) if onnx or quantize else {})
+    return checks[0]
+
+
+def ensemble_models(run: Path) -> List[Path]:
+    """The saved model folders of an ensemble's members, or a clear error."""
+    members = [Path(m["folder"]) for m in (read_json(run / MEMBERS) or {}).get("members", [])]
+    for member in members:
+        if not (member / "model" / "config.json").exists():
+            raise TransferError(f"member {member} of the ensemble {run} has no saved model; an ensemble exports when "
+                                "every member ran with train.save_model=true")
+    return [member / "model" for member in members]
+
+
+def ensemble_reference(folders: List[Path], staging: Path) -> None:
+    """The served ensemble's drift reference: the first member's features (the ensemble serves them) and the mean of
+    the members' class probabilities (on the same target texts when the members share their splits; else the first
+    member's own)."""
+    from safetensors.numpy import save_file
+
+    from ..models.exported import REFERENCE_FILE
+    from .drift import load_reference
+
+    references = [load_reference(folder) for folder in folders]
+    if references[0] is None:
+        return
+    reference = dict(references[0])
+    shapes = {None if r is None else r["probabilities"].shape for r in references}
+    if len(shapes) == 1:
+        reference["probabilities"] = sum(r["probabilities"] for r in references) / len(references)
+    save_file(reference, str(staging / REFERENCE_FILE))
 
 
 def main(argv: List[str]) -> None:
     parser = argparse.ArgumentParser(prog="transfer export", description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="a run folder saved with train.save_model=true")
+    parser.add_argument("run", type=Path, help="a run folder saved with train.save_model=true, or an ensemble's "
+                                               "folder whose members were")
     parser.add_argument("--out", type=Path, required=True, help="the folder to write (new or empty)")
     parser.add_argument("--format", choices=["pytorch", "onnx"], default="pytorch",
                         help="safetensors for PyTorch/transformers, or model.onnx for onnxruntime (default: %(default)s)")

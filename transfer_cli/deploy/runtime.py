@@ -1,17 +1,38 @@
 """A loaded classifier for predict and serve: a Hugging Face folder (PyTorch) or an ONNX export (onnxruntime), behind
-one call: token ids in, class probabilities and pooled features out."""
+one call: token ids in, class probabilities and pooled features out.
+
+An ensemble (an exported one, or an ensemble's run folder whose members saved their models) loads as one classifier:
+each member tokenizes a text its own way (members may differ in tokenizer or max_length), the probabilities are the
+mean of the members', and the features are the first member's (what the drift monitor compares with the ensemble's
+reference, which holds that member's features)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
-from ..models.exported import model_folder
+from ..errors import TransferError
+from ..models.exported import ENSEMBLE_FILE, model_folder
+from ..outputs import MEMBERS, read_json
 
 ONNX_FILE = "model.onnx"
+
+
+def ensemble_members(folder: Path) -> Optional[List[Path]]:
+    """The member model folders of an ensemble (exported: ensemble.json; a run folder: members.json), else None."""
+    if (folder / ENSEMBLE_FILE).exists():
+        return [folder / member for member in read_json(folder / ENSEMBLE_FILE)["members"]]
+    if (folder / MEMBERS).exists():
+        members = [Path(member["folder"]) for member in read_json(folder / MEMBERS)["members"]]
+        for member in members:
+            if not (member / "model" / "config.json").exists():
+                raise TransferError(f"member {member} of the ensemble {folder} has no saved model; an ensemble predicts "
+                                    "when every member ran with train.save_model=true")
+        return members
+    return None
 
 
 class Classifier:
@@ -23,6 +44,15 @@ class Classifier:
 
         hf_logging.disable_progress_bar()
         self.folder = model_folder(path)
+        members = ensemble_members(self.folder)
+        self.members = None if members is None else [Classifier(member, threads) for member in members]
+        if self.members:
+            first = self.members[0]
+            if any(member.labels != first.labels for member in self.members):
+                raise TransferError(f"the members of the ensemble {self.folder} have different labels")
+            self.labels, self.label2id, self.onnx = first.labels, first.label2id, all(m.onnx for m in self.members)
+            self.device = f"{first.device}, an ensemble of {len(self.members)}"
+            return
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         config = json.loads((self.folder / "config.json").read_text())
         self.labels: List[str] = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
@@ -47,12 +77,17 @@ class Classifier:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
             self.model = AutoModelForSequenceClassification.from_pretrained(self.folder).to(self.device).eval()
 
-    def tokenize(self, texts: List[str]) -> List[np.ndarray]:
+    def tokenize(self, texts: List[str]) -> list:
+        """One entry per text: its token ids (an ensemble: a tuple of each member's token ids)."""
+        if self.members:
+            return list(zip(*(member.tokenize(texts) for member in self.members)))
         return [np.asarray(ids, dtype=np.int64)
                 for ids in self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]]
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """(class probabilities, pooled features) of a padded batch."""
+        """(class probabilities, pooled features) of a padded batch; one model only (an ensemble: `predict`)."""
+        if self.members:
+            raise TypeError("an ensemble's members tokenize texts their own way: use tokenize() and predict()")
         if self.onnx:
             logits, features = self.session.run(None, {"input_ids": input_ids.astype(np.int64),
                                                        "attention_mask": attention_mask.astype(np.int64)})
@@ -70,7 +105,11 @@ class Classifier:
         return probabilities / probabilities.sum(1, keepdims=True), features
 
     def predict(self, ids: List[np.ndarray], batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
-        """Probabilities and features of tokenized texts, batched longest first (little padding), in their order."""
+        """Probabilities and features of tokenized texts, batched longest first (little padding), in their order. An
+        ensemble: the mean of its members' probabilities, and the first member's features."""
+        if self.members:
+            outputs = [member.predict([i[k] for i in ids], batch_size) for k, member in enumerate(self.members)]
+            return np.mean([p for p, _ in outputs], axis=0).astype(np.float32), outputs[0][1]
         order = np.argsort([-len(i) for i in ids], kind="stable")
         probabilities = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
         features = None

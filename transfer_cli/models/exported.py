@@ -34,6 +34,7 @@ from . import TransferModel, make_head, pool
 REFERENCE_FILE = "drift_reference.safetensors"  # a sample of the target domain, as the model sees it (deploy/drift.py)
 ADAPTER_DIR = "adapter"  # a PEFT run's adapter on its own, in PEFT's format (`transfer export --adapters`)
 HEAD_FILE = "head.safetensors"  # the head's weights, in an adapter export (which holds no encoder weights)
+ENSEMBLE_FILE = "ensemble.json"  # an exported ensemble: its member folders (members/N/), whose probabilities it averages
 
 
 class TransferClassifierConfig(PretrainedConfig):
@@ -159,8 +160,9 @@ def save_pretrained(model: TransferModel, tokenizer, labels: List[str], max_leng
 
 
 def model_folder(path: Path) -> Path:
-    """An exported folder, or a run folder's saved model."""
-    if (path / "config.json").exists():
+    """An exported folder, or a run folder's saved model; an ensemble's folder (exported, or its run folder) as it
+    is (deploy/runtime.py loads its members)."""
+    if (path / "config.json").exists() or is_ensemble_folder(path):
         return path
     if (path / "model" / "config.json").exists():
         return path / "model"
@@ -169,11 +171,20 @@ def model_folder(path: Path) -> Path:
     raise TransferError(f"{path} is neither a run folder nor an exported model folder (no config.json)")
 
 
+def is_ensemble_folder(path: Path) -> bool:
+    """An exported ensemble (ensemble.json) or an ensemble's run folder (members.json, `transfer ensemble`)."""
+    from ..outputs import MEMBERS
+
+    return (path / ENSEMBLE_FILE).exists() or (path / MEMBERS).exists()
+
+
 def load_adapted(model: TransferModel, path: Path, model_name: str) -> None:
     """Start from an adapted model: its encoder always, its head too where the label count and pooling match (a
     strategy with a head of its own, such as DANN's bottleneck, builds a fresh one). ONNX exports have no weights to
     start from."""
     folder = model_folder(path)
+    if is_ensemble_folder(folder):
+        raise TransferError(f"init_from={path} is an ensemble of several models; start from one of its members")
     if (folder / "model.onnx").exists():
         raise TransferError(f"init_from={path} is an ONNX export, with no weights to train; use the run folder or a "
                             "PyTorch export")
