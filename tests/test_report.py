@@ -9,12 +9,13 @@ from pathlib import Path
 from .test_errors import assert_clean_error
 
 
-def fake_run(root: Path, name: str, status: str = "completed", error: str = "", **metrics) -> Path:
+def fake_run(root: Path, name: str, status: str = "completed", error: str = "", overrides=(), **metrics) -> Path:
     folder = root / name
     (folder / ".hydra").mkdir(parents=True)
     extra = {"error": error} if error else {"finished": f"2026-11-25T10:00:0{name}"}
     (folder / "status.json").write_text(json.dumps({"status": status, **extra}))
-    (folder / ".hydra" / "overrides.yaml").write_text(f"- strategy={metrics.get('strategy', 'dann')}\n- seed={metrics.get('seed', 0)}\n")
+    lines = [f"strategy={metrics.get('strategy', 'dann')}", f"seed={metrics.get('seed', 0)}", *overrides]
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {line}\n" for line in lines))
     if status == "completed":
         full = {"strategy": "dann", "peft": "none", "model": "minilm", "source": "books", "target": "dvd",
                 "protocol": "inductive", "seed": 0, "oracle": False, "target_test_accuracy": 0.5, **metrics}
@@ -75,3 +76,21 @@ def test_report_errors(cli, tmp_path):
     assert_clean_error(cli("report", str(tmp_path / "empty")), tmp_path, "no runs under")
     fake_run(tmp_path / "runs", "0")
     assert_clean_error(cli("report", str(tmp_path / "runs"), "--metric", "speed"), tmp_path / "empty", "no run has the metric 'speed'")
+
+
+def test_report_tells_apart_runs_that_differ_in_other_overrides(cli, tmp_path):
+    """A sweep over strategy.k (same seed) is three configurations, not three seeds of one; each compares with the
+    source_only of its own settings (data.max_length), and an override every run shares names none of them."""
+    sweep = tmp_path / "sweep"
+    shared = "data.max_source_train=100"
+    for i, (k, accuracy) in enumerate([(8, 0.70), (16, 0.75), (64, 0.80)]):
+        fake_run(sweep, str(i), strategy="setfit", overrides=[f"strategy.k={k}", shared, "data.max_length=128"],
+                 target_test_accuracy=accuracy)
+    fake_run(sweep, "5", strategy="source_only", overrides=[shared, "data.max_length=128"], target_test_accuracy=0.72)
+    fake_run(sweep, "6", strategy="source_only", overrides=[shared, "data.max_length=64"], target_test_accuracy=0.60)
+    out = cli("report", str(sweep), "--out", str(tmp_path / "report"))
+    assert out.returncode == 0, out.stderr
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| setfit strategy.k=8 data.max_length=128 | books→dvd | 1 | 0.700 ± 0.000 | -0.020 |" in md
+    assert "| setfit strategy.k=64 data.max_length=128 | books→dvd | 1 | 0.800 ± 0.000 | +0.080 |" in md
+    assert "| source_only data.max_length=64 | books→dvd | 1 | 0.600 ± 0.000 |" in md and shared not in md

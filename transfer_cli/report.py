@@ -1,7 +1,8 @@
 """`transfer report PATH...`: aggregate run and multirun folders into one table.
 
 Every folder with a `status.json` under the given paths is a run. Completed runs (with `metrics.json`) are grouped
-by configuration (strategy, peft, model, source, target, protocol): mean ± std over seeds, deltas against
+by configuration (strategy, peft, model, source, target, protocol, and the variant: the run's other overrides, such as
+`strategy.k=8`, less those every run shares): mean ± std over seeds, deltas against
 `source_only` and `target_oracle` of the same pair, model and protocol, and a negative-transfer flag (worse than
 `source_only`; "within 1 s.e." where the shortfall is no larger than the standard error of the difference over
 seeds). The selection table compares the label-free validators: the target test accuracy of the epoch each
@@ -22,7 +23,10 @@ from .console import print_table
 from .errors import TransferError
 from .outputs import process_gone, read_json, write_atomic
 
-CONFIG = ["strategy", "peft", "model", "source", "target", "protocol"]
+CONFIG = ["strategy", "peft", "model", "source", "target", "protocol", "variant"]
+# override keys that name what CONFIG already holds, or that do not change what a run computes
+NOT_A_VARIANT = {"strategy", "peft", "model", "source", "target", "protocol", "seed", "experiment", "hardware", "resume",
+                 "logger", "train.keep_checkpoints"}
 BASELINE, ORACLE = "source_only", "target_oracle"
 NEGATIVE, WITHIN_NOISE = "negative transfer", "negative transfer (within 1 s.e.)"  # the flags, red and yellow
 
@@ -41,23 +45,36 @@ def collect(paths: List[Path]) -> Tuple[pd.DataFrame, pd.DataFrame]:
             elif status.get("status") == "completed" and not isinstance(metrics, dict):
                 status = {"status": "corrupt", "error": "completed, but metrics.json is missing or not a JSON object"}
             if status.get("status") == "completed":
-                done.append({**metrics, "folder": str(folder), "finished": status.get("finished", "")})
+                done.append({**metrics, "folder": str(folder), "finished": status.get("finished", ""),
+                             "overrides": _overrides(folder)})
             else:
-                overrides = folder / ".hydra" / "overrides.yaml"
                 other.append({
                     "folder": str(folder),
                     "status": _status(status),
                     "error": status.get("error", "") or _interruption(status),
-                    "overrides": " ".join(line[2:].strip() for line in overrides.read_text().splitlines()
-                                          if line.startswith("- ")) if overrides.exists() else "",
+                    "overrides": " ".join(_overrides(folder)),
                 })
     runs = pd.DataFrame(done)
     if not runs.empty:
         runs["peft"] = runs["peft"].fillna("none") if "peft" in runs else "none"
+        shared = set.intersection(*(set(o) for o in runs.overrides))
+        runs["variant"] = [" ".join(o for o in overrides if o not in shared and _variant_key(o))
+                           for overrides in runs.overrides]
         # a configuration run again with the same seed counts once: its latest run
         runs = runs.drop_duplicates("folder").sort_values(["finished", "folder"]).drop_duplicates([*CONFIG, "seed"], keep="last")
         runs["pair"] = runs["source"] + "→" + runs["target"]
     return runs, pd.DataFrame(other, columns=["folder", "status", "error", "overrides"])
+
+
+def _overrides(folder: Path) -> List[str]:
+    """The run's command-line overrides (`.hydra/overrides.yaml`), in order."""
+    file = folder / ".hydra" / "overrides.yaml"
+    return [line[2:].strip() for line in file.read_text().splitlines() if line.startswith("- ")] if file.exists() else []
+
+
+def _variant_key(override: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key not in NOT_A_VARIANT and not key.startswith(("paths.", "hydra."))
 
 
 def _status(status: dict) -> str:
@@ -86,9 +103,13 @@ def summarise(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     table = table.rename(columns={"count": "seeds"})
     table["std"] = table["std"].fillna(0.0)
     table["oracle"] = grouped["oracle"].any().values
-    reference = [c for c in CONFIG if c not in ("strategy", "peft")]
+    # a strategy's baselines ran on the same pair, model, protocol and settings; its own parameters may differ
+    table["setting"] = [" ".join(o for o in v.split() if not o.lstrip("+~").startswith(("strategy.", "peft.")))
+                        for v in table.variant]
+    reference = ["model", "source", "target", "protocol", "setting"]
     for name, column in ((BASELINE, "delta_vs_source_only"), (ORACLE, "delta_vs_oracle")):
-        base = table[(table.strategy == name) & (table.peft == "none")][[*reference, "mean", "std", "seeds"]]
+        base = table[(table.strategy == name) & (table.peft == "none") & (table.variant == table.setting)]
+        base = base[[*reference, "mean", "std", "seeds"]]
         table = table.merge(base.add_prefix("base_").rename(columns={f"base_{c}": c for c in reference}),
                             on=reference, how="left")
         table[column] = table["mean"] - table["base_mean"]
@@ -104,6 +125,7 @@ def summarise(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def _label(row) -> str:
     name = row.strategy if row.peft == "none" else f"{row.strategy}+{row.peft}"
+    name = f"{name} {row.variant}" if row.variant else name
     return f"{name} (ORACLE)" if row.oracle else name
 
 
@@ -115,7 +137,7 @@ def selection_picks(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, run in runs.iterrows():
         file = Path(run.folder) / "history.csv"
-        if not file.exists():
+        if not file.exists() or run.get("selection") == "none":  # nothing trained (zero-shot): nothing to select
             continue
         history = pd.read_csv(file)
         last = history[history.phase == history.phase.iloc[-1]].reset_index(drop=True)
@@ -223,6 +245,7 @@ def main(argv: List[str]) -> None:
     write_atomic(out / "report.md", "\n".join([intro, *(f"## {t}\n\n{markdown(h, r)}" for t, h, r in sections)]))
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -231,7 +254,7 @@ def main(argv: List[str]) -> None:
         table = Table(title=title, title_justify="left")
         for i, column in enumerate(header):
             table.add_column(column, justify="left" if i < 2 else "right")
-        for row in rows:
-            table.add_row(*row, style={NEGATIVE: "red", WITHIN_NOISE: "yellow"}.get(row[-1]))
+        for row in rows:  # (escaped: an override such as strategy.templates=[...] is not rich markup)
+            table.add_row(*map(escape, row), style={NEGATIVE: "red", WITHIN_NOISE: "yellow"}.get(row[-1]))
         print_table(table, console)
     console.print(f"report: {out / 'report.md'}")
