@@ -108,8 +108,7 @@ def summarise(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
                         for v in table.variant]
     reference = ["model", "source", "target", "protocol", "setting"]
     for name, column in ((BASELINE, "delta_vs_source_only"), (ORACLE, "delta_vs_oracle")):
-        base = table[(table.strategy == name) & (table.peft == "none") & (table.variant == table.setting)]
-        base = base[[*reference, "mean", "std", "seeds"]]
+        base = table[(table.strategy == name) & (table.peft == "none")][[*reference, "mean", "std", "seeds"]]
         table = table.merge(base.add_prefix("base_").rename(columns={f"base_{c}": c for c in reference}),
                             on=reference, how="left")
         table[column] = table["mean"] - table["base_mean"]
