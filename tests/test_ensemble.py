@@ -104,10 +104,14 @@ def test_an_ensemble_of_identical_runs_equals_the_run_and_of_two_runs_averages_t
     assert two["members_mean_accuracy"] == np.mean([metrics(r)["target_test_accuracy"] for r in saved_runs])
     assert sorted(Path(x["folder"]) for x in two["members"]) == [r.resolve() for r in saved_runs]
 
-    from transfer_cli.report import collect
+    from transfer_cli.report import collect, summarise
 
     runs, _ = collect([saved_runs[0].parent, tmp_path / "two"])
-    assert {"source_only", "dann"} < set(runs.strategy) and len(runs[runs.strategy.str.startswith("ensemble(")]) == 1
+    summary = summarise(runs, "target_test_accuracy").set_index("strategy")
+    assert set(summary.index) == {"source_only", "dann", "ensemble(dann+source_only)"}
+    assert summary.loc["ensemble(dann+source_only)", "pair"] == "books→dvd"  # beside its members, against source_only:
+    assert summary.loc["ensemble(dann+source_only)", "delta_vs_source_only"] == two["target_test_accuracy"] - \
+        metrics(saved_runs[1])["target_test_accuracy"]
 
 
 def test_runs_on_different_test_splits_are_refused(saved_runs, cli, tmp_path):

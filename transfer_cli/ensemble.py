@@ -6,7 +6,8 @@ ensemble averages its members' probabilities (arithmetic mean), predicts the mos
 run would. The members must share the target, the labels and the test split (the digest); anything else is refused
 in one line, before anything is written. DIR becomes a run folder like any other (`metrics.json`, `status.json`,
 `test_predictions.csv`) plus `members.json`, so that `transfer report` shows the ensemble beside its members: its
-strategy is `ensemble(S)`, S the members' strategies joined with '+', and its seed the members' seeds joined with '+'.
+strategy is `ensemble(S)`, S the members' strategies joined with '+', its seed the members' seeds joined with '+', and
+its `.hydra/overrides.yaml` the overrides all its members share (the report tells configurations apart by them).
 
 `SeedEnsemble` is the Hydra callback of `experiment=seed_ensemble`: when a sweep ends, it ensembles the completed jobs
 that differ only in their seed (into `<sweep dir>/ensemble`, or `<sweep dir>/ensemble/<group>` per group when the
@@ -25,7 +26,8 @@ import numpy as np
 from hydra.experimental.callback import Callback
 
 from .errors import TransferError
-from .outputs import MEMBERS, PREDICTIONS, SCHEMA_VERSION, now, read_json, staged_folder, write_json, write_predictions
+from .outputs import (MEMBERS, PREDICTIONS, SCHEMA_VERSION, now, read_json, staged_folder, write_atomic, write_json,
+                      write_predictions)
 
 STRATEGY = "ensemble"
 
@@ -186,11 +188,19 @@ def build(runs: List[Path], out: Path, replace: bool = False) -> Dict[str, Any]:
     metrics, probabilities = combine(members, started)
     metrics["output_dir"] = str(out.resolve())
     with staged_folder(out) as staging:
+        shared = [o for o in overrides(members[0].folder) if all(o in overrides(m.folder) for m in members[1:])]
+        write_atomic(staging / ".hydra" / "overrides.yaml", "".join(f"- {o}\n" for o in shared))
         write_predictions(staging / PREDICTIONS, members[0].labels, probabilities, members[0].names)
         write_json(staging / MEMBERS, {"members": metrics["members"]})
         write_json(staging / "metrics.json", metrics)
         write_json(staging / "status.json", {"status": "completed", "time": now(), "finished": now()})
     return metrics
+
+
+def overrides(folder: Path) -> List[str]:
+    """A run's command-line overrides (`.hydra/overrides.yaml`)."""
+    file = folder / ".hydra" / "overrides.yaml"
+    return [line[2:].strip() for line in file.read_text().splitlines() if line.startswith("- ")] if file.exists() else []
 
 
 def print_summary(metrics: Dict[str, Any], out: Path) -> None:
@@ -232,9 +242,7 @@ def seed_groups(sweep: Path) -> Dict[str, List[Path]]:
 
     groups: Dict[str, List[Path]] = {}
     for folder in completed_runs(sweep):
-        overrides = folder / ".hydra" / "overrides.yaml"
-        lines = overrides.read_text().splitlines() if overrides.exists() else []
-        rest = [line[2:].strip() for line in lines if line.startswith("- ") and not line[2:].strip().startswith("seed=")]
+        rest = [o for o in overrides(folder) if not o.startswith("seed=")]
         groups.setdefault(job_folder(rest), []).append(folder)
     return groups
 
