@@ -28,6 +28,8 @@ def test_two_processes_share_one_run_folder_and_match_one_process(cli, tmp_path)
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert one["global_batch_size"] == two["global_batch_size"] == 32
     assert two["target_test_size"] == 101 and two["source_val_size"] == 240
+    predictions = pd.read_csv(tmp_path / "outputs" / "two" / "test_predictions.csv")  # gathered, each example once
+    assert len(predictions) == 101 and (predictions.prediction == predictions.label).mean() == two["target_test_accuracy"]
     assert one["source_val_accuracy"] > 0.75 and two["source_val_accuracy"] > 0.75  # both learned
     assert abs(one["source_val_accuracy"] - two["source_val_accuracy"]) <= 0.05, (one, two)
     lr = {name: pd.read_csv(tmp_path / "outputs" / name / "history.csv")["lr"].tolist() for name in ("one", "two")}
