@@ -66,8 +66,8 @@ class ZeroShot(Strategy):
         domain = data.target_domain
         descriptions = class_descriptions(domain)
         if len(descriptions) != len(domain.labels):
-            raise TransferError(f"domain '{domain.name}': label_descriptions has {len(descriptions)} entries but "
-                                f"labels has {len(domain.labels)}; give one description per label, in order")
+            raise TransferError(f"domain '{domain.name}': label_descriptions gives {len(descriptions)} description(s) "
+                                f"for {len(domain.labels)} labels; give one description per label, in order")
         self.model.head.prototypes.data.copy_(self.prototypes(descriptions, domain.labels, ctx))
         log.info("zero-shot prototypes from: %s", "; ".join(
             t.format(description=d, label=l) for d, l in zip(descriptions, domain.labels) for t in self.params.templates))
