@@ -292,6 +292,31 @@ def test_bad_input(case, earlier, session_env, tmp_path):
     assert documented().get(case.id) == line, "docs/errors.md is out of date: python scripts/errors_doc.py"
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system of 300 KB (a tmpfs), where the machine lets the tests mount one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN); the disk-full case covers a file-size limit")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_disk_that_fills_up_stops_the_run_in_one_line(small_disk, session_env, tmp_path):
+    """ENOSPC from a real full file system, not a file-size limit: one line, exit 2, status failed, no metrics.json,
+    no partial checkpoint left behind."""
+    env = {**session_env, "TRANSFER_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([*TRANSFER, "run", *SMALL, f"hydra.run.dir={small_disk}/run"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "no space left" in lines[0], out.stderr[-2000:]
+    status = json.loads((small_disk / "run" / "status.json").read_text())
+    assert status["status"] == "failed" and "no space left" in status["error"]
+    assert not (small_disk / "run" / "metrics.json").exists() and not list(small_disk.rglob("*.tmp*"))
+
+
 def test_catalogue_is_complete():
     assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
     assert set(documented()) == {c.id for c in CASES}
