@@ -182,7 +182,7 @@ def test_every_strategy_runs_from_the_cli(cli, tmp_path, domains):
         assert m["status"] == "completed" and correct == pytest.approx(round(correct)), name
         expected = {"none": 0}.get(strategy_class(name).target_labels)
         assert (m["target_labels_used"] == 0) == (expected == 0), name
-        assert (m["source_labels_used"] == 0) == (name in ("zero_shot", "setfit", "target_oracle")), name
+        assert (m["source_labels_used"] == 0) == (name in ("zero_shot", "zero_shot_adapt", "setfit", "target_oracle")), name
     assert metrics["zero_shot"]["selection"] == "none" and metrics["zero_shot"]["epochs_run"] == 0
     if domains[0].startswith("source="):
         assert {m["source"] for m in metrics.values()} == {"books+dvd"}

@@ -161,6 +161,8 @@ def combine(members: List[Member], started: Optional[float] = None) -> tuple:
         "oracle": any(bool(x.get("oracle")) for x in m),
         # summed: an upper bound on the distinct target labels the members saw (few-shot members draw their own)
         "target_labels_used": int(sum(x.get("target_labels_used") or 0 for x in m)),
+        # the largest: members on one test split trained on one source split
+        "source_labels_used": int(max(x.get("source_labels_used") or 0 for x in m)),
         "seed": "+".join(str(x.get("seed")) for x in m),
         "selection": joined([x.get("selection") for x in m]),
         "test_split_digest": m[0]["test_split_digest"],
