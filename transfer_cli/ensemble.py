@@ -26,8 +26,8 @@ import numpy as np
 from hydra.experimental.callback import Callback
 
 from .errors import TransferError
-from .outputs import (MEMBERS, PREDICTIONS, SCHEMA_VERSION, now, read_json, staged_folder, write_atomic, write_json,
-                      write_predictions)
+from .outputs import (MEMBERS, PREDICTIONS, SCHEMA_VERSION, now, read_json, read_overrides, staged_folder,
+                      write_atomic, write_json, write_predictions)
 
 STRATEGY = "ensemble"
 
@@ -190,19 +190,14 @@ def build(runs: List[Path], out: Path, replace: bool = False) -> Dict[str, Any]:
     metrics, probabilities = combine(members, started)
     metrics["output_dir"] = str(out.resolve())
     with staged_folder(out) as staging:
-        shared = [o for o in overrides(members[0].folder) if all(o in overrides(m.folder) for m in members[1:])]
+        shared = [o for o in read_overrides(members[0].folder)
+                  if all(o in read_overrides(m.folder) for m in members[1:])]
         write_atomic(staging / ".hydra" / "overrides.yaml", "".join(f"- {o}\n" for o in shared))
         write_predictions(staging / PREDICTIONS, members[0].labels, probabilities, members[0].names)
         write_json(staging / MEMBERS, {"members": metrics["members"]})
         write_json(staging / "metrics.json", metrics)
         write_json(staging / "status.json", {"status": "completed", "time": now(), "finished": now()})
     return metrics
-
-
-def overrides(folder: Path) -> List[str]:
-    """A run's command-line overrides (`.hydra/overrides.yaml`)."""
-    file = folder / ".hydra" / "overrides.yaml"
-    return [line[2:].strip() for line in file.read_text().splitlines() if line.startswith("- ")] if file.exists() else []
 
 
 def print_summary(metrics: Dict[str, Any], out: Path) -> None:
@@ -244,7 +239,7 @@ def seed_groups(sweep: Path) -> Dict[str, List[Path]]:
 
     groups: Dict[str, List[Path]] = {}
     for folder in completed_runs(sweep):
-        rest = [o for o in overrides(folder) if not o.startswith("seed=")]
+        rest = [o for o in read_overrides(folder) if not o.startswith("seed=")]
         groups.setdefault(job_folder(rest), []).append(folder)
     return groups
 

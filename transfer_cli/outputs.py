@@ -189,3 +189,9 @@ def _git_sha() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def read_overrides(folder: Path) -> List[str]:
+    """A run's command-line overrides (`.hydra/overrides.yaml`), in order; none when the file is missing."""
+    file = folder / ".hydra" / "overrides.yaml"
+    return [line[2:].strip() for line in file.read_text().splitlines() if line.startswith("- ")] if file.exists() else []

@@ -21,7 +21,7 @@ import pandas as pd
 
 from .console import print_table
 from .errors import TransferError
-from .outputs import process_gone, read_json, write_atomic
+from .outputs import process_gone, read_json, read_overrides, write_atomic
 
 CONFIG = ["strategy", "peft", "model", "source", "target", "protocol", "variant"]
 # override keys that name what CONFIG already holds, or that do not change what a run computes
@@ -46,13 +46,13 @@ def collect(paths: List[Path]) -> Tuple[pd.DataFrame, pd.DataFrame]:
                 status = {"status": "corrupt", "error": "completed, but metrics.json is missing or not a JSON object"}
             if status.get("status") == "completed":
                 done.append({**metrics, "folder": str(folder), "finished": status.get("finished", ""),
-                             "overrides": _overrides(folder)})
+                             "overrides": read_overrides(folder)})
             else:
                 other.append({
                     "folder": str(folder),
                     "status": _status(status),
                     "error": status.get("error", "") or _interruption(status),
-                    "overrides": " ".join(_overrides(folder)),
+                    "overrides": " ".join(read_overrides(folder)),
                 })
     runs = pd.DataFrame(done)
     if not runs.empty:
@@ -64,12 +64,6 @@ def collect(paths: List[Path]) -> Tuple[pd.DataFrame, pd.DataFrame]:
         runs = runs.drop_duplicates("folder").sort_values(["finished", "folder"]).drop_duplicates([*CONFIG, "seed"], keep="last")
         runs["pair"] = runs["source"] + "→" + runs["target"]
     return runs, pd.DataFrame(other, columns=["folder", "status", "error", "overrides"])
-
-
-def _overrides(folder: Path) -> List[str]:
-    """The run's command-line overrides (`.hydra/overrides.yaml`), in order."""
-    file = folder / ".hydra" / "overrides.yaml"
-    return [line[2:].strip() for line in file.read_text().splitlines() if line.startswith("- ")] if file.exists() else []
 
 
 def _variant_key(override: str) -> bool:
