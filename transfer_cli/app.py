@@ -367,8 +367,8 @@ def _print_table(metrics: Dict[str, Any], folder: Path) -> None:
     table = Table(title=f"{metrics['strategy']}: {metrics['source']} -> {metrics['target']}" + (" (ORACLE)" if metrics["oracle"] else ""))
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("target_test_accuracy", "target_test_f1_macro", "source_val_accuracy", "transfer_gap",
-                "selection", "target_labels_used", "source_labels_used", "trainable_parameters", "train_samples_per_second",
+    for key in ("target_test_accuracy", "target_test_f1_macro", "source_val_accuracy", "transfer_gap", "selection",
+                "target_labels_used", "source_labels_used", "trainable_parameters", "train_samples_per_second",
                 "total_seconds", "device", "precision"):
         value = metrics[key]
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
