@@ -29,7 +29,7 @@ def test_sweep_interrupted_resumed_and_reported(cli, cli_env, tmp_path):
             "seed=0,1", f"hydra.sweep.dir={sweep}", *TWO_EPOCHS]
     process = subprocess.Popen([*TRANSFER, *args], cwd=tmp_path, env=cli_env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
-    while len(list(sweep.rglob("metrics.json"))) < 2 and process.poll() is None:
+    while list(statuses(sweep).values()).count("completed") < 2 and process.poll() is None:
         time.sleep(0.1)
     process.send_signal(signal.SIGINT)  # Ctrl-C
     process.wait(timeout=120)
