@@ -204,6 +204,10 @@ CASES = [
     Case("teacher-vocabulary", "a distill teacher whose tokenizer differs from the student's",
          ["strategy=distill", "strategy.teacher={case}/teacher"], ("teacher", "vocabulary"),
          teacher_with_another_vocabulary),
+    Case("cloze-without-mlm-head", "`strategy.method=cloze` on MiniLM, a sentence encoder without a masked-LM head",
+         ["model=minilm", "strategy=zero_shot", "strategy.method=cloze"], ("no masked-LM head", "strategy.method=similarity")),
+    Case("cloze-save-model", "`strategy.method=cloze train.save_model=true`",
+         ["strategy=zero_shot", "strategy.method=cloze", "train.save_model=true"], ("train.save_model", "cloze")),
     Case("max-length-beyond-model", "`data.max_length=4096` on a 512-position model", ["data.max_length=4096"],
          ("data.max_length=4096", "512")),
     # --- environment --------------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@ compute, and that zero-shot classification works on the demo's shared cues."""
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -10,12 +13,14 @@ import torch
 from transfer_cli.config import DomainConfig, ModelConfig
 from transfer_cli.data import build_data
 from transfer_cli.data.batching import TokenizedSet
+from transfer_cli.errors import TransferError
 from transfer_cli.evaluate import classification_scores
 from transfer_cli.models import build_model
 from transfer_cli.strategies import build_strategy
 from transfer_cli.strategies.setfit import pair_loss
 from transfer_cli.strategies.zero_shot import class_descriptions
 
+from .conftest import SMALL, TINY_SHAPE
 from .test_data import demo_config
 from .test_strategies import fit, tiny
 from .test_strategy_mechanisms import Recorder, content, domains_run
@@ -90,6 +95,72 @@ def test_zero_shot_averages_its_templates_into_one_prototype_per_class(tokenizer
     assert torch.allclose(strategy.model.head.prototypes, expected, atol=1e-6)
     single = torch.nn.functional.normalize(ctx.embed(strategy.model, texts[::2]), dim=-1)
     assert not torch.allclose(expected, single, atol=1e-3)  # the second template counts
+
+
+def masked_lm_folder(tokenizer, folder, positions=512):
+    """A tiny random BertForMaskedLM with the MiniLM tokenizer, saved as a model folder (the packaged MiniLM has no
+    masked-LM head, and none can be fetched offline)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(**{**TINY_SHAPE, "vocab_size": len(tokenizer), "max_position_embeddings": positions})
+    BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def cloze(tokenizer, ctx, folder, labels=("negative", "positive"), **params):
+    model = build_model(ModelConfig(name="tiny_mlm", name_or_path=str(folder)), 2, len(tokenizer))
+    strategy = build_strategy({"name": "zero_shot", "method": "cloze", **params}, model)
+    domain = DomainConfig(name="films", loader="synthetic", labels=list(labels))
+    (phase,) = strategy.phases(SimpleNamespace(target_domain=domain), ctx)
+    assert phase.epochs == 0
+    return strategy
+
+
+def test_cloze_scores_each_label_word_at_the_mask(tokenizer, ctx, tmp_path):
+    """The cloze probabilities are the masked LM's own scores of "terrible" and "great" at the mask of
+    "<text> It was [MASK].", tokenized as one string; a text too long for the positions loses its tail, not the prompt."""
+    from transformers import BertForMaskedLM
+
+    folder = masked_lm_folder(tokenizer, tmp_path / "mlm", positions=48)
+    strategy = cloze(tokenizer, ctx, folder)
+    texts = ["a fine film", "the plot was dull, slow and far too long for what it had to say", "meh " * 60]
+    ids = tokenizer(texts, truncation=True, max_length=64)["input_ids"]
+    probabilities = ctx.probabilities(strategy.model, TokenizedSet([np.asarray(i, dtype=np.int64) for i in ids]))
+
+    reference = BertForMaskedLM.from_pretrained(folder).eval()
+    prompt = tokenizer(" It was [MASK].", add_special_tokens=False)["input_ids"]
+    words = tokenizer.convert_tokens_to_ids(["terrible", "great"])
+    for text, text_ids, p in zip(texts, ids, probabilities):
+        whole = tokenizer(text + " It was [MASK].")["input_ids"]
+        if len(whole) > 48:  # the long one: its first 43 tokens, the prompt, [SEP]
+            whole = text_ids[:48 - len(prompt) - 1] + prompt + text_ids[-1:]
+        with torch.no_grad():
+            logits = reference(input_ids=torch.tensor([whole])).logits[0, whole.index(tokenizer.mask_token_id), words]
+        assert torch.allclose(p, logits.softmax(-1), atol=1e-5), text
+
+
+def test_cloze_refuses_a_missing_head_and_a_word_of_several_tokens(tokenizer, ctx, tmp_path):
+    with pytest.raises(TransferError, match="no masked-LM head weights .* strategy.method=similarity"):
+        build_strategy({"name": "zero_shot", "method": "cloze"}, minilm(tokenizer))
+    folder = masked_lm_folder(tokenizer, tmp_path / "mlm")
+    with pytest.raises(TransferError, match="strategy.verbalizers.positive: 'xylophonically' is [2-9] tokens"):
+        cloze(tokenizer, ctx, folder, verbalizers={"positive": "xylophonically"})
+    with pytest.raises(TransferError, match="no word for label 'bad' of domain 'films'"):
+        cloze(tokenizer, ctx, folder, labels=("bad", "good"))
+
+
+def test_cloze_runs_from_the_cli_with_no_labels(cli, tokenizer, tmp_path):
+    folder = masked_lm_folder(tokenizer, tmp_path / "mlm")
+    small = [a for a in SMALL if not a.startswith("model=")]
+    out = cli("run", "strategy=zero_shot", "strategy.method=cloze", "model=minilm", f"model.name_or_path={folder}",
+              "source=books", "target=dvd", *small)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (metrics,) = [json.loads(p.read_text()) for p in tmp_path.rglob("metrics.json")]
+    assert metrics["selection"] == "none" and metrics["epochs_run"] == 0
+    assert metrics["target_labels_used"] == 0 and metrics["source_labels_used"] == 0
+    assert "zero-shot cloze: '<text> It was ___.' with negative=terrible, positive=great" in out.stdout + out.stderr
 
 
 def test_setfit_pairs_come_only_from_the_k_shots(tokenizer, ctx, tmp_path):

@@ -54,6 +54,9 @@ def validate(cfg: Any) -> None:
         (not (t.save_model and cfg.peft.method.value == "prefix_tuning"),
          "train.save_model=true cannot save a prefix-tuning run: its prefixes cannot be merged into the model's weights "
          "(a Hugging Face folder has no place for them); use peft=lora or peft=ia3, or train.save_model=false"),
+        (not (t.save_model and cfg.strategy.get("method") == "cloze"),
+         "train.save_model=true cannot save a strategy.method=cloze run: an exported model has no place for its prompt; "
+         "use strategy.method=similarity, or train.save_model=false"),
         (len(cfg.source) >= 1, "choose at least one source domain, e.g. source=books"),
         (len(cfg.target) == 1, f"choose exactly one target domain, e.g. target=movies (got {list(cfg.target)})"),
     ]

@@ -134,8 +134,10 @@ class TransferModel(nn.Module):
 
     `cached_features`, when set, replaces the backbone and pooling (feature extraction from cached encodings)."""
 
-    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "mean", dropout: float = 0.1):
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "mean", dropout: float = 0.1,
+                 name: str = ""):
         super().__init__()
+        self.name = name  # the model option's, for messages
         self.backbone = backbone
         self.pooling = pooling
         self.feature_dim = backbone.config.hidden_size
@@ -216,7 +218,7 @@ def build_model(model: Any, num_labels: int, vocab_size: int, config=None, peft:
         backbone = AutoModel.from_config(config)
     else:
         backbone = _load("weights", AutoModel.from_pretrained, resolve_path(model), model)
-    result = TransferModel(backbone, num_labels, Pooling(model.pooling).value, model.dropout)
+    result = TransferModel(backbone, num_labels, Pooling(model.pooling).value, model.dropout, model.name)
     if init_from is not None:
         from .exported import load_adapted
 

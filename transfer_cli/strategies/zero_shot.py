@@ -7,10 +7,16 @@ goes to the class whose prototype is the most similar (as in the embedding-simil
 
     p_c = normalise( mean_t normalise(E(t(d_c))) ),    ŷ = argmax_c cos(E(x), p_c),    P(c|x) ∝ exp(s · cos(E(x), p_c))
 
-The descriptions come from the target domain's `label_descriptions` (default: "This text is {label}."). Nothing
-trains, so no checkpoint is selected (`selection: none`); the model is a plain classifier whose head holds the
-prototypes (it exports, predicts and serves like any other). No label of any split is read: `target_labels_used`
-and `source_labels_used` are 0. The scale s changes the probabilities (and the entropy-based validators), never the
+The descriptions come from the target domain's `label_descriptions` (default: "This text is {label}.").
+
+`method=cloze` asks a masked-LM head instead (models/cloze.py): "<text> It was [MASK]." scored for each label's
+word, "terrible" or "great" (`verbalizers`). It needs a checkpoint with its pretrained masked-LM head; the packaged
+MiniLM, a sentence encoder, has none and is refused. Its model cannot be saved (`train.save_model`): an export has
+no place for the prompt.
+
+Nothing trains, so no checkpoint is selected (`selection: none`); the similarity model is a plain classifier whose
+head holds the prototypes (it exports, predicts and serves like any other). No label of any split is read:
+`target_labels_used` and `source_labels_used` are 0. The scale s changes the probabilities (and the entropy-based validators), never the
 prediction.
 """
 
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable, List
+from typing import Dict, Iterable, List
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +32,7 @@ import torch.nn.functional as F
 from ..data.batching import TokenizedSet
 from ..errors import TransferError
 from ..models import make_head
+from ..models.cloze import ClozeModel, load_masked_lm_head
 from .base import Context, Phase, Strategy, check
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,9 @@ class ZeroShot(Strategy):
         # each is formatted with {description} (and {label}); the prototype averages the templates' embeddings
         templates: List[str] = field(default_factory=lambda: ["{description}"])
         scale: float = 20.0  # s: the logits' scale (the inverse temperature)
+        method: str = "similarity"  # similarity (a sentence encoder) | cloze (a masked-LM head)
+        prompt: str = "It was {mask}."  # cloze: follows each text; {mask} is the tokenizer's mask token
+        verbalizers: Dict[str, str] = field(default_factory=lambda: {"negative": "terrible", "positive": "great"})
 
         def __post_init__(self):
             check(len(self.templates) >= 1, "strategy.templates is empty; give at least one, e.g. ['{description}']")
@@ -56,14 +66,29 @@ class ZeroShot(Strategy):
                 check("{description}" in template or "{label}" in template,
                       f"strategy.templates: '{template}' names neither {{description}} nor {{label}}")
             check(self.scale > 0, f"strategy.scale={self.scale} must be > 0")
+            check(self.method in ("similarity", "cloze"), f"strategy.method={self.method} must be similarity or cloze")
+            check(self.prompt.count("{mask}") == 1, f"strategy.prompt: '{self.prompt}' must name {{mask}} once")
 
     def __init__(self, params, model):
         super().__init__(params, model)
-        model.head = make_head(model.feature_dim, model.num_labels, 0.0, "cosine")
-        model.head.scale.fill_(params.scale)
+        if params.method == "cloze":
+            self.model = ClozeModel(model, load_masked_lm_head(model))
+        else:
+            model.head = make_head(model.feature_dim, model.num_labels, 0.0, "cosine")
+            model.head.scale.fill_(params.scale)
 
     def phases(self, data, ctx: Context) -> Iterable[Phase]:
         domain = data.target_domain
+        if self.params.method == "cloze":
+            missing = [label for label in domain.labels if not self.params.verbalizers.get(label)]
+            if missing:
+                raise TransferError(f"strategy.verbalizers has no word for label '{missing[0]}' of domain "
+                                    f"'{domain.name}'; add one, e.g. strategy.verbalizers.{missing[0]}=WORD")
+            words = [self.params.verbalizers[label] for label in domain.labels]
+            self.model.set_prompt(ctx.tokenizer, self.params.prompt, words, domain.labels)
+            log.info("zero-shot cloze: '<text> %s' with %s", self.params.prompt.format(mask="___"),
+                     ", ".join(f"{label}={word}" for label, word in zip(domain.labels, words)))
+            return [Phase("zero_shot", TokenizedSet([]), epochs=0)]
         descriptions = class_descriptions(domain)
         if len(descriptions) != len(domain.labels):
             raise TransferError(f"domain '{domain.name}': label_descriptions gives {len(descriptions)} description(s) "
