@@ -98,6 +98,19 @@ TINY_SHAPE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 
               "max_position_embeddings": 128}  # a random-weight BERT with the packaged tokenizer
 
 
+def masked_lm_folder(tokenizer, folder, positions=512):
+    """A tiny random BertForMaskedLM with the MiniLM tokenizer, saved as a model folder (the packaged MiniLM has no
+    masked-LM head, and none can be fetched offline)."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(**{**TINY_SHAPE, "vocab_size": len(tokenizer), "max_position_embeddings": positions})
+    BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def tiny_model(tokenizer):
     import torch

@@ -205,7 +205,7 @@ CASES = [
          ["strategy=distill", "strategy.teacher={case}/teacher"], ("teacher", "vocabulary"),
          teacher_with_another_vocabulary),
     Case("cloze-without-mlm-head", "`strategy.method=cloze` on MiniLM, a sentence encoder without a masked-LM head",
-         ["model=minilm", "strategy=zero_shot", "strategy.method=cloze"], ("no masked-LM head", "strategy.method=similarity")),
+         ["model=minilm", "strategy=zero_shot", "strategy.method=cloze"], ("masked-LM head: model 'minilm' has none", "strategy.method=similarity")),
     Case("cloze-save-model", "`strategy.method=cloze train.save_model=true`",
          ["strategy=zero_shot", "strategy.method=cloze", "train.save_model=true"], ("train.save_model", "cloze")),
     Case("max-length-beyond-model", "`data.max_length=4096` on a 512-position model", ["data.max_length=4096"],

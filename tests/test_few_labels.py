@@ -20,7 +20,7 @@ from transfer_cli.strategies import build_strategy
 from transfer_cli.strategies.setfit import pair_loss
 from transfer_cli.strategies.zero_shot import class_descriptions
 
-from .conftest import SMALL, TINY_SHAPE
+from .conftest import SMALL, masked_lm_folder
 from .test_data import demo_config
 from .test_strategies import fit, tiny
 from .test_strategy_mechanisms import Recorder, content, domains_run
@@ -97,18 +97,6 @@ def test_zero_shot_averages_its_templates_into_one_prototype_per_class(tokenizer
     assert not torch.allclose(expected, single, atol=1e-3)  # the second template counts
 
 
-def masked_lm_folder(tokenizer, folder, positions=512):
-    """A tiny random BertForMaskedLM with the MiniLM tokenizer, saved as a model folder (the packaged MiniLM has no
-    masked-LM head, and none can be fetched offline)."""
-    from transformers import BertConfig, BertForMaskedLM
-
-    torch.manual_seed(0)
-    config = BertConfig(**{**TINY_SHAPE, "vocab_size": len(tokenizer), "max_position_embeddings": positions})
-    BertForMaskedLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def cloze(tokenizer, ctx, folder, labels=("negative", "positive"), **params):
     model = build_model(ModelConfig(name="tiny_mlm", name_or_path=str(folder)), 2, len(tokenizer))
     strategy = build_strategy({"name": "zero_shot", "method": "cloze", **params}, model)
@@ -142,7 +130,7 @@ def test_cloze_scores_each_label_word_at_the_mask(tokenizer, ctx, tmp_path):
 
 
 def test_cloze_refuses_a_missing_head_and_a_word_of_several_tokens(tokenizer, ctx, tmp_path):
-    with pytest.raises(TransferError, match="no masked-LM head weights .* strategy.method=similarity"):
+    with pytest.raises(TransferError, match="needs a pretrained masked-LM head: model 'minilm' has none .* strategy.method=similarity"):
         build_strategy({"name": "zero_shot", "method": "cloze"}, minilm(tokenizer))
     folder = masked_lm_folder(tokenizer, tmp_path / "mlm")
     with pytest.raises(TransferError, match="strategy.verbalizers.positive: 'xylophonically' is [2-9] tokens"):

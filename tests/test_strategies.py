@@ -10,7 +10,7 @@ import torch
 
 from transfer_cli.config import ModelConfig, PathsConfig, PeftConfig, PeftMethod, RunConfig, TrainConfig
 from transfer_cli.data import build_data
-from transfer_cli.data.batching import LengthGroupedSampler
+from transfer_cli.data.batching import LengthGroupedSampler, TokenizedSet
 from transfer_cli.losses import (CoralLoss, DistillationLoss, MultiKernelMMD, MultilinearMap, entropy_weights,
                                  mask_tokens)
 from transfer_cli.models import build_model
@@ -18,6 +18,7 @@ from transfer_cli.strategies import Phase, build_strategy
 from transfer_cli.strategies.self_training import select_pseudo_labels
 from transfer_cli.training import loop
 
+from .conftest import masked_lm_folder
 from .test_data import demo_config, unique_domain
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
@@ -333,6 +334,23 @@ def test_mlm_adapt_phases(tokenizer, ctx, tmp_path):
     assert head_phase and all(k.startswith("mlm_head.") for k in head_phase)
     assert changed(starts["mlm"], starts["joint"], "model.backbone.")
     assert {"mlm_loss", "task_loss"} <= set(result.history[2]) and data.target_labels_used == 0
+
+
+def test_mlm_adapt_starts_from_the_checkpoints_own_mlm_head(tokenizer, ctx, tmp_path):
+    """UDALM's recipe: a checkpoint with a pretrained MLM head (here a tiny BertForMaskedLM) keeps it, its decoder
+    tied to the backbone's embeddings, and needs no head-only phase."""
+    from transformers import BertForMaskedLM
+
+    folder = masked_lm_folder(tokenizer, tmp_path / "mlm")
+    model = build_model(ModelConfig(name="tiny_mlm", name_or_path=str(folder)), 2, len(tokenizer))
+    strategy = build_strategy({"name": "mlm_adapt"}, model)
+    saved = BertForMaskedLM.from_pretrained(folder).cls.predictions
+    head = strategy.mlm_head.head.predictions
+    assert torch.equal(head.transform.dense.weight, saved.transform.dense.weight)
+    assert torch.equal(head.bias, saved.bias)
+    assert head.decoder.weight is model.backbone.get_input_embeddings().weight
+    data = SimpleNamespace(target_pool=TokenizedSet([]), source_train=TokenizedSet([]))
+    assert [phase.name for phase in strategy.phases(data, ctx)] == ["mlm", "joint"]
 
 
 def test_mlm_head_phase_survives_a_batch_with_nothing_masked(tokenizer, tiny_model):

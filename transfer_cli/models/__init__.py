@@ -81,6 +81,35 @@ def load_backbone_config(model: Any):
     return config
 
 
+def load_masked_lm_head(model: "TransferModel") -> nn.Module:
+    """The pretrained masked-LM head of the checkpoint the backbone came from (BERT's `cls`, RoBERTa's `lm_head`),
+    its decoder tied to the backbone's input embeddings as in the checkpoint. A TransferError says why there is none."""
+    from transformers import AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    path = model.backbone.config._name_or_path
+    if not path:
+        raise TransferError(f"model '{model.name}' has random weights")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its report of missing weights: the error below says what matters
+    try:
+        mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+    except (OSError, ValueError) as e:
+        raise TransferError(f"model '{model.name}' does not load as a masked LM ({str(e).splitlines()[0]})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(key for key in info["missing_keys"] if not key.startswith(mlm.base_model_prefix))
+    if missing:
+        raise TransferError(f"model '{model.name}' has none ({missing[0]} and {len(missing) - 1} more are missing "
+                            "from its checkpoint)")
+    heads = [module for module in mlm.children() if module is not mlm.base_model]
+    if len(heads) != 1:
+        raise TransferError(f"the masked-LM head of model '{model.name}' ({type(mlm).__name__}) is not one module")
+    if mlm.config.tie_word_embeddings and mlm.get_output_embeddings() is not None:
+        mlm.get_output_embeddings().weight = model.backbone.get_input_embeddings().weight
+    return heads[0]
+
+
 def max_positions(config) -> int:
     """The longest input the backbone accepts; RoBERTa-style models reserve padding_idx + 1 positions."""
     limit = getattr(config, "max_position_embeddings", 512)

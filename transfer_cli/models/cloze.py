@@ -15,39 +15,10 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from ..errors import TransferError
-from . import TransferModel, max_positions
+from . import TransferModel, load_masked_lm_head, max_positions
 
 METHOD_HINT = ("use strategy.method=similarity (any sentence encoder), or a model with one, such as bert-base or "
                "roberta-base")
-
-
-def load_masked_lm_head(model: TransferModel) -> nn.Module:
-    """The pretrained masked-LM head of the checkpoint the backbone came from (BERT's `cls`, RoBERTa's `lm_head`)."""
-    from transformers import AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
-
-    path = model.backbone.config._name_or_path
-    if not path:
-        raise TransferError(f"strategy.method=cloze needs a pretrained masked-LM head, and model '{model.name}' has "
-                            f"random weights; {METHOD_HINT}")
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # its report of missing weights: the error below says what matters
-    try:
-        mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
-    except (OSError, ValueError) as e:
-        raise TransferError(f"could not load model '{model.name}' with a masked-LM head from '{path}' "
-                            f"({str(e).splitlines()[0]}); {METHOD_HINT}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    missing = sorted(key for key in info["missing_keys"] if not key.startswith(mlm.base_model_prefix))
-    if missing:
-        raise TransferError(f"model '{model.name}' has no masked-LM head weights ({missing[0]} and {len(missing) - 1} "
-                            f"more are missing), so strategy.method=cloze cannot score words with it; {METHOD_HINT}")
-    heads = [module for module in mlm.children() if module is not mlm.base_model]
-    if len(heads) != 1:
-        raise TransferError(f"the masked-LM head of model '{model.name}' ({type(mlm).__name__}) is not one module, "
-                            f"which strategy.method=cloze needs; {METHOD_HINT}")
-    return heads[0]
 
 
 class VerbalizerHead(nn.Module):
@@ -66,9 +37,12 @@ class VerbalizerHead(nn.Module):
 class ClozeModel(TransferModel):
     """The backbone of `model` with a prompt after each text; its features are the hidden state at the mask."""
 
-    def __init__(self, model: TransferModel, lm_head: nn.Module):
+    def __init__(self, model: TransferModel):
         super().__init__(model.backbone, model.num_labels, model.pooling, name=model.name)
-        self.head = VerbalizerHead(lm_head)
+        try:
+            self.head = VerbalizerHead(load_masked_lm_head(model))
+        except TransferError as e:
+            raise TransferError(f"strategy.method=cloze needs a pretrained masked-LM head: {e}; {METHOD_HINT}") from None
         self.limit = max_positions(model.backbone.config)
         self.prompt: List[int] = []  # the prompt's token ids, mask included
         self.mask_at = 0  # where the mask is in the prompt

@@ -8,22 +8,40 @@ Unsupervised Domain Adaptation through Language Modeling", NAACL 2021), after DA
 MLM(x) is BERT's masked-token cross-entropy (15% of tokens; 80% [MASK], 10% random, 10% kept) on unlabelled target
 text (and source text with `on_source`). UDALM's mixed loss λ·CE + (1 - λ)·MLM is this one with w = (1 - λ)/λ, up
 to the learning rate's scale; w = 1 is λ = 1/2, each step one labelled source batch and one target batch.
-UDALM starts from BERT with its pretrained MLM head. Backbones shipped without one (MiniLM, a sentence-transformers
-model) get a fresh head whose decoder is tied to the input embeddings; its small transform first learns alone, with
-the backbone frozen (`head_epochs`), so that a random head's large early gradients never reach the backbone.
+UDALM starts from BERT with its pretrained MLM head, and so does this where the checkpoint has one (bert-base,
+roberta-base). Backbones shipped without one (MiniLM, a sentence-transformers model) get a fresh head whose decoder
+is tied to the input embeddings; its small transform first learns alone, with the backbone frozen (`head_epochs`),
+so that a random head's large early gradients never reach the backbone.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..data.batching import TokenizedSet
+from ..errors import TransferError
 from ..losses import MaskedLMHead, mask_tokens
+from ..models import load_masked_lm_head
 from .base import Context, Phase, Strategy, check, set_trainable
+
+log = logging.getLogger(__name__)
+
+
+class PretrainedMLMHead(nn.Module):
+    """A checkpoint's own masked-LM head, called as MaskedLMHead is (its decoder is already tied to the embeddings)."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, hidden: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden)
 
 
 class MLMAdapt(Strategy):
@@ -32,7 +50,8 @@ class MLMAdapt(Strategy):
 
     @dataclass
     class Params:
-        head_epochs: int = 1  # MLM epochs with the backbone frozen, to initialise a fresh MLM head (0: none)
+        head_epochs: int = 1  # MLM epochs with the backbone frozen, to initialise a fresh MLM head (0: none; a
+        # checkpoint's own head needs none)
         pretrain_epochs: int = 1  # MLM-only epochs (DAPT; 0: joint from the start)
         weight: float = 1.0  # w, the MLM weight in the joint phase (0: DAPT, then plain source fine-tuning)
         mask_probability: float = 0.15
@@ -47,14 +66,20 @@ class MLMAdapt(Strategy):
     def __init__(self, params, model):
         super().__init__(params, model)
         self.held = []  # the model's trainable parameters, while the MLM head learns alone
-        self.mlm_head = MaskedLMHead(model.feature_dim, model.backbone.get_input_embeddings().num_embeddings)
+        try:
+            self.mlm_head = PretrainedMLMHead(load_masked_lm_head(model))
+            self.fresh_head = False
+        except TransferError as e:
+            log.info("mlm_adapt: a fresh MLM head (no pretrained one: %s)", e)
+            self.mlm_head = MaskedLMHead(model.feature_dim, model.backbone.get_input_embeddings().num_embeddings)
+            self.fresh_head = True
 
     def phases(self, data, ctx: Context) -> Iterable[Phase]:
         self.special_ids, self.mask_id = ctx.tokenizer.all_special_ids, ctx.tokenizer.mask_token_id
         text = data.target_pool
         if self.params.on_source:
             text = TokenizedSet(data.target_pool.ids + data.source_train.ids)
-        if self.params.head_epochs:
+        if self.params.head_epochs and self.fresh_head:
             yield Phase("mlm_head", text, self.params.head_epochs, selection="last", loss=self.mlm_phase_loss)
         if self.params.pretrain_epochs:
             yield Phase("mlm", text, self.params.pretrain_epochs, selection="last", loss=self.mlm_phase_loss)
@@ -67,7 +92,7 @@ class MLMAdapt(Strategy):
         hidden = self.model.backbone(input_ids=ids, attention_mask=batch["attention_mask"]).last_hidden_state
         picked = labels != -100
         if not picked.any():  # nothing masked: a zero that still has a gradient (the head trains in every MLM phase)
-            return self.mlm_head.bias.sum() * 0.0
+            return self.mlm_head(hidden[:, 0], embeddings).sum() * 0.0
         return F.cross_entropy(self.mlm_head(hidden[picked], embeddings).float(), labels[picked])
 
     def start_phase(self, phase: Phase) -> None:

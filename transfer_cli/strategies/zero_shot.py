@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..data.batching import TokenizedSet
 from ..errors import TransferError
 from ..models import make_head
-from ..models.cloze import ClozeModel, load_masked_lm_head
+from ..models.cloze import ClozeModel
 from .base import Context, Phase, Strategy, check
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class ZeroShot(Strategy):
     def __init__(self, params, model):
         super().__init__(params, model)
         if params.method == "cloze":
-            self.model = ClozeModel(model, load_masked_lm_head(model))
+            self.model = ClozeModel(model)
         else:
             model.head = make_head(model.feature_dim, model.num_labels, 0.0, "cosine")
             model.head.scale.fill_(params.scale)
