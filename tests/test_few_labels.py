@@ -133,7 +133,7 @@ def test_cloze_refuses_a_missing_head_and_a_word_of_several_tokens(tokenizer, ct
     with pytest.raises(TransferError, match="needs a pretrained masked-LM head: model 'minilm' has none .* strategy.method=similarity"):
         build_strategy({"name": "zero_shot", "method": "cloze"}, minilm(tokenizer))
     folder = masked_lm_folder(tokenizer, tmp_path / "mlm")
-    with pytest.raises(TransferError, match="strategy.verbalizers.positive: 'xylophonically' is [2-9] tokens"):
+    with pytest.raises(TransferError, match="strategy.verbalizers.positive: 'xylophonically' is not one token"):
         cloze(tokenizer, ctx, folder, verbalizers={"positive": "xylophonically"})
     with pytest.raises(TransferError, match="no word for label 'bad' of domain 'films'"):
         cloze(tokenizer, ctx, folder, labels=("bad", "good"))

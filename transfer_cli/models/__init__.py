@@ -81,15 +81,20 @@ def load_backbone_config(model: Any):
     return config
 
 
+class NoMaskedLMHead(TransferError):
+    """The checkpoint has no pretrained masked-LM head (a sentence encoder, random weights)."""
+
+
 def load_masked_lm_head(model: "TransferModel") -> nn.Module:
     """The pretrained masked-LM head of the checkpoint the backbone came from (BERT's `cls`, RoBERTa's `lm_head`),
-    its decoder tied to the backbone's input embeddings as in the checkpoint. A TransferError says why there is none."""
+    its decoder tied to the backbone's input embeddings as in the checkpoint. NoMaskedLMHead where it has none; a
+    TransferError where it has one that cannot be used."""
     from transformers import AutoModelForMaskedLM
     from transformers.utils import logging as hf_logging
 
     path = model.backbone.config._name_or_path
     if not path:
-        raise TransferError(f"model '{model.name}' has random weights")
+        raise NoMaskedLMHead(f"model '{model.name}' has random weights")
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its report of missing weights: the error below says what matters
     try:
@@ -100,8 +105,8 @@ def load_masked_lm_head(model: "TransferModel") -> nn.Module:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(key for key in info["missing_keys"] if not key.startswith(mlm.base_model_prefix))
     if missing:
-        raise TransferError(f"model '{model.name}' has none ({missing[0]} and {len(missing) - 1} more are missing "
-                            "from its checkpoint)")
+        raise NoMaskedLMHead(f"model '{model.name}' has none ({missing[0]} and {len(missing) - 1} more are missing "
+                             "from its checkpoint)")
     heads = [module for module in mlm.children() if module is not mlm.base_model]
     if len(heads) != 1:
         raise TransferError(f"the masked-LM head of model '{model.name}' ({type(mlm).__name__}) is not one module")

@@ -63,10 +63,10 @@ class ClozeModel(TransferModel):
         self.head.words = []
         for label, word in zip(labels, words):
             ids = tokens(word)
-            if len(ids) != len(self.prompt):
-                pieces = len(ids) - len(self.prompt) + 1
-                raise TransferError(f"strategy.verbalizers.{label}: '{word}' is {pieces} tokens in the vocabulary of "
-                                    f"model '{self.name}'; choose a word that is one token")
+            elsewhere = [a != b for i, (a, b) in enumerate(zip(ids, self.prompt)) if i != self.mask_at]
+            if len(ids) != len(self.prompt) or any(elsewhere):  # the word split, or merged with its neighbours
+                raise TransferError(f"strategy.verbalizers.{label}: '{word}' is not one token of model '{self.name}' "
+                                    f"in the prompt '{prompt}'; choose a word that is")
             self.head.words.append(ids[self.mask_at])
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torch import nn
 from ..data.batching import TokenizedSet
 from ..errors import TransferError
 from ..losses import MaskedLMHead, mask_tokens
-from ..models import load_masked_lm_head
+from ..models import NoMaskedLMHead, load_masked_lm_head
 from .base import Context, Phase, Strategy, check, set_trainable
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,8 @@ class MLMAdapt(Strategy):
             self.mlm_head = PretrainedMLMHead(load_masked_lm_head(model))
             self.fresh_head = False
         except TransferError as e:
-            log.info("mlm_adapt: a fresh MLM head (no pretrained one: %s)", e)
+            unusable = not isinstance(e, NoMaskedLMHead)  # a head this cannot use (DistilBERT's is several modules)
+            (log.warning if unusable else log.info)("mlm_adapt: a fresh MLM head (%s)", e)
             self.mlm_head = MaskedLMHead(model.feature_dim, model.backbone.get_input_embeddings().num_embeddings)
             self.fresh_head = True
 

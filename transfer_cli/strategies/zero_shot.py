@@ -83,7 +83,7 @@ class ZeroShot(Strategy):
             missing = [label for label in domain.labels if not self.params.verbalizers.get(label)]
             if missing:
                 raise TransferError(f"strategy.verbalizers has no word for label '{missing[0]}' of domain "
-                                    f"'{domain.name}'; add one, e.g. strategy.verbalizers.{missing[0]}=WORD")
+                                    f"'{domain.name}'; add one, e.g. +strategy.verbalizers.{missing[0]}=WORD")
             words = [self.params.verbalizers[label] for label in domain.labels]
             self.model.set_prompt(ctx.tokenizer, self.params.prompt, words, domain.labels)
             log.info("zero-shot cloze: '<text> %s' with %s", self.params.prompt.format(mask="___"),
