@@ -13,6 +13,7 @@ import hashlib
 import json
 import resource
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -391,6 +392,28 @@ def test_concurrent_runs_on_a_cold_cache(tmp_path, session_env):
     for entry in (tmp_path / "cache" / "tokens").glob("*.npz"):
         with np.load(entry) as stored:
             assert stored["offsets"][-1] == len(stored["ids"])
+
+
+def test_a_cache_write_cut_short_leaves_the_old_entry_whole(tmp_path):
+    """The deterministic half of the test above: a rewrite of an entry that stops partway (a 64 KB file-size limit
+    against a 400 KB entry) leaves the entry that was there whole, and no temporary file. A write in place would
+    leave a truncated entry."""
+    script = """
+import resource, signal, sys
+from pathlib import Path
+import numpy as np
+from transfer_cli.cache import load_entry, save_entry
+entry = Path(sys.argv[1]) / "entry.npz"
+save_entry(entry, ids=np.arange(10))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+save_entry(entry, ids=np.arange(50_000))
+print(load_entry(entry)["ids"].tolist())
+"""
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(list(range(10))) and "cannot write the cache" in out.stderr
+    assert [f.name for f in tmp_path.iterdir()] == ["entry.npz"]
 
 
 def test_unwritable_cache_is_a_warning(tmp_path, session_env):
