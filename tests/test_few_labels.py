@@ -149,6 +149,10 @@ def test_cloze_runs_from_the_cli_with_no_labels(cli, tokenizer, tmp_path):
     assert metrics["selection"] == "none" and metrics["epochs_run"] == 0
     assert metrics["target_labels_used"] == 0 and metrics["source_labels_used"] == 0
     assert "zero-shot cloze: '<text> It was ___.' with negative=terrible, positive=great" in out.stdout + out.stderr
+    # the backbone leaves the checkpoint's MLM head out: one line, not transformers' table of its weights
+    (log,) = [p.read_text() for p in tmp_path.rglob("run.log")]
+    assert "its pretraining heads" in log and "no pooler weights" in log
+    assert "LOAD REPORT" not in out.stdout + out.stderr and "UNEXPECTED" not in out.stdout + out.stderr
 
 
 def test_setfit_pairs_come_only_from_the_k_shots(tokenizer, ctx, tmp_path):

@@ -356,6 +356,25 @@ def test_mlm_adapt_starts_from_the_checkpoints_own_mlm_head(tokenizer, ctx, tmp_
     assert [phase.name for phase in fresh.phases(data, ctx)] == ["mlm_head", "mlm", "joint"]
 
 
+def test_a_checkpoint_missing_encoder_weights_is_a_warning(tokenizer, tmp_path, caplog):
+    """Weights that a checkpoint lacks start random: a warning naming them, unless they are the unused pooler's."""
+    from safetensors.torch import load_file, save_file
+
+    folder = masked_lm_folder(tokenizer, tmp_path / "mlm")
+    config = ModelConfig(name="tiny_mlm", name_or_path=str(folder))
+    with caplog.at_level("INFO", logger="transfer"):
+        build_model(config, 2, len(tokenizer))
+    assert "no pooler weights" in caplog.text and not [r for r in caplog.records if r.levelname == "WARNING"]
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "layer.0.output.dense" not in k}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    caplog.clear()
+    with caplog.at_level("INFO", logger="transfer"):
+        build_model(config, 2, len(tokenizer))
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "4 encoder weights are missing" in warning and "encoder.layer.0.output.dense" in warning
+
+
 def test_mlm_head_phase_survives_a_batch_with_nothing_masked(tokenizer, tiny_model):
     """A short review often has no token masked; with the backbone frozen the zero loss must still backpropagate."""
     strategy = build_strategy({"name": "mlm_adapt"}, tiny_model)

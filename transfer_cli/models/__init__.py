@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
@@ -61,6 +62,42 @@ def _load(what: str, loader, path: str, model: Any):
         raise TransferError(f"could not load the {what} of model '{model.name}' from '{path}' ({reason}); {OFFLINE_HINT}") from None
 
 
+@contextmanager
+def _transformers_quiet():
+    """transformers' warnings off for the block: its load report is a table of every weight a checkpoint holds
+    beyond the loaded class; what matters in it is logged by the caller in one line."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def load_backbone(model: Any):
+    """The pretrained encoder. The checkpoint's pretraining heads (BERT's `cls.*`) are left out; weights that the
+    checkpoint lacks start random, which is a warning unless they are the pooler's, which no pooling here reads."""
+    from functools import partial
+
+    from transformers import AutoModel
+
+    path = resolve_path(model)
+    with _transformers_quiet():
+        backbone, info = _load("weights", partial(AutoModel.from_pretrained, output_loading_info=True), path, model)
+    unused, fresh = sorted(info["unexpected_keys"]), sorted(info["missing_keys"])
+    if unused:
+        log.info("model '%s': %d weights of its checkpoint are not part of the encoder (%s, ...): its pretraining "
+                 "heads", model.name, len(unused), unused[0])
+    if [key for key in fresh if "pooler" not in key]:
+        log.warning("model '%s': %d encoder weights are missing from %s and start random (%s, ...); is it the "
+                    "checkpoint you meant?", model.name, len(fresh), path, fresh[0])
+    elif fresh:
+        log.info("model '%s': its checkpoint has no pooler weights (not used: pooling is cls or mean)", model.name)
+    return backbone
+
+
 def load_tokenizer(model: Any):
     from transformers import AutoTokenizer
 
@@ -90,19 +127,15 @@ def load_masked_lm_head(model: "TransferModel") -> nn.Module:
     its decoder tied to the backbone's input embeddings as in the checkpoint. NoMaskedLMHead where it has none; a
     TransferError where it has one that cannot be used."""
     from transformers import AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
 
     path = model.backbone.config._name_or_path
     if not path:
         raise NoMaskedLMHead(f"model '{model.name}' has random weights")
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # its report of missing weights: the error below says what matters
     try:
-        mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+        with _transformers_quiet():  # its report of missing weights: the error below says what matters
+            mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise TransferError(f"model '{model.name}' does not load as a masked LM ({str(e).splitlines()[0]})") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     missing = sorted(key for key in info["missing_keys"] if not key.startswith(mlm.base_model_prefix))
     if missing:
         raise NoMaskedLMHead(f"model '{model.name}' has none ({missing[0]} and {len(missing) - 1} more are missing "
@@ -251,7 +284,7 @@ def build_model(model: Any, num_labels: int, vocab_size: int, config=None, peft:
         config.vocab_size = vocab_size
         backbone = AutoModel.from_config(config)
     else:
-        backbone = _load("weights", AutoModel.from_pretrained, resolve_path(model), model)
+        backbone = load_backbone(model)
     result = TransferModel(backbone, num_labels, Pooling(model.pooling).value, model.dropout, model.name)
     if init_from is not None:
         from .exported import load_adapted

@@ -95,12 +95,12 @@ class TransferForSequenceClassification(PreTrainedModel):
         from peft import PeftModel
         from safetensors.torch import load_file
 
-        from . import _load, resolve_path
+        from . import load_backbone
         from ..config import ModelConfig
 
         model = cls(TransferClassifierConfig.from_pretrained(folder))
         base = ModelConfig(**model.config.adapter_base)
-        model.backbone = _load("weights", AutoModel.from_pretrained, resolve_path(base), base)
+        model.backbone = load_backbone(base)
         model.backbone = PeftModel.from_pretrained(model.backbone, folder / ADAPTER_DIR).merge_and_unload()
         model.head.load_state_dict(load_file(folder / HEAD_FILE))
         return model.eval()
