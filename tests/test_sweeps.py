@@ -84,6 +84,27 @@ def test_a_rerun_skips_only_unchanged_configs(cli, tmp_path):
     assert again["config_digest"] != first["config_digest"] and again["output_dir"] == first["output_dir"]
 
 
+def test_two_sweeps_of_one_folder_share_out_its_jobs(cli, tmp_path):
+    """A job that another process holds is skipped, so that two `transfer run -m` of one sweep split its jobs; once
+    it is let go, a rerun runs that job, and only that one."""
+    from transfer_cli.config import job_folder
+    from transfer_cli.outputs import job_claim
+
+    args = ["run", "-m", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}", *SMALL]
+    first, held = (tmp_path / "sweep" / job_folder([f"seed={seed}", *SMALL]) for seed in (0, 1))
+    with job_claim(held) as claimed:  # as the other sweep does while it runs the job
+        assert claimed
+        out = cli(*args)
+    assert out.returncode == 0, out.stderr
+    assert statuses(tmp_path / "sweep") == {first.name: "completed"}
+    assert "skipped: another process is running this job" in (held / "run.log").read_text()
+    ran = (first / "metrics.json").stat().st_mtime_ns
+    out = cli(*args)
+    assert out.returncode == 0, out.stderr
+    assert statuses(tmp_path / "sweep") == {first.name: "completed", held.name: "completed"}
+    assert (first / "metrics.json").stat().st_mtime_ns == ran
+
+
 def test_sweep_preset_needs_multirun(cli, tmp_path):
     assert_clean_error(cli("run", "experiment=amazon12"), tmp_path, "experiment=amazon12 defines a sweep", "-m")
 

@@ -23,7 +23,7 @@ from . import __version__
 from .config import register_resolvers, run_config_dirs
 from .console import print_table
 from .errors import TransferError, as_user_error
-from .outputs import (CHECKPOINT, SCHEMA_VERSION, Heartbeat, environment, now, process_gone, read_json,
+from .outputs import (CHECKPOINT, SCHEMA_VERSION, Heartbeat, environment, job_claim, now, process_gone, read_json,
                       write_history, write_json, write_status)
 from .training.signals import Interrupted, StopSignals
 
@@ -89,7 +89,8 @@ def run(cfg: DictConfig) -> float:
     target-label metric). Failures leave status.json (with the error) and no metrics.json.
 
     In a sweep, a job whose folder holds a completed run of the same config is skipped (a rerun resumes the sweep),
-    and a job whose source is its target is skipped (sweeps over all pairs). A folder with a checkpoint of the same
+    a job whose source is its target is skipped (sweeps over all pairs), and so is a job that another process has
+    claimed (several `transfer run -m` of one sweep share out its jobs). A folder with a checkpoint of the same
     config resumes from it (a sweep job's; hydra.run.dir set to a killed run's; resume=auto or resume=PATH).
     hardware.processes=N launches N processes (torchrun) that share this run folder."""
     hydra = HydraConfig.get()
@@ -97,7 +98,12 @@ def run(cfg: DictConfig) -> float:
     if hydra.mode == RunMode.RUN and hydra.sweeper.get("params"):
         raise TransferError(f"experiment={hydra.runtime.choices.get('experiment')} defines a sweep; run it with -m")
     digest = config_digest(cfg)
-    if hydra.mode == RunMode.MULTIRUN:
+    if hydra.mode != RunMode.MULTIRUN:
+        return _run_and_record(cfg, folder, digest)
+    with job_claim(folder) as claimed:
+        if not claimed:
+            log.info("skipped: another process is running this job in %s", folder)
+            return float("nan")
         status, previous = read_json(folder / "status.json") or {}, read_json(folder / "metrics.json") or {}
         if status.get("status") == "completed" and previous.get("config_digest") == digest:
             log.info("skipped: completed before in %s (delete the folder to run it again)", folder)
@@ -106,6 +112,11 @@ def run(cfg: DictConfig) -> float:
             write_status(folder, "skipped", reason=f"source = target ({'+'.join(cfg.target)})")
             log.info("skipped: the source is the target (%s)", "+".join(cfg.target))
             return float("nan")
+        return _run_and_record(cfg, folder, digest)
+
+
+def _run_and_record(cfg: DictConfig, folder: Path, digest: str) -> float:
+    """The run, its status from start to end, and its metrics."""
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, only rank 0 writes the run folder
     folder = resume_folder(cfg.resume, folder, Path(cfg.paths.output_dir), digest, main)
     if cfg.hardware.processes > 1 and "WORLD_SIZE" not in os.environ:

@@ -10,6 +10,7 @@
                    the split's order (what `transfer ensemble` averages)
     members.json   an ensemble's folder only: its member runs (`transfer ensemble`)
     run.log        the log (Hydra); .hydra/ holds the composed config and the overrides
+    .claim         a sweep job's lock file (job_claim): held while a process runs the job
 """
 
 from __future__ import annotations
@@ -116,6 +117,26 @@ def write_status(folder: Path, status: str, **extra: Any) -> None:
 
 
 HEARTBEAT_SECONDS = 60
+
+
+@contextmanager
+def job_claim(folder: Path) -> Iterator[bool]:
+    """An exclusive claim on a sweep job's folder for the block; False when another process holds it, so that
+    several `transfer run -m` of one sweep share out its jobs. A POSIX lock: the system drops it when its process
+    ends, however it ends, and network file systems that support locks share it between machines."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no sharing, every job is claimed
+        yield True
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".claim", "a") as lock:
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
 
 
 class Heartbeat:
