@@ -102,17 +102,30 @@ def run(cfg: DictConfig) -> float:
         return _run_and_record(cfg, folder, digest)
     with job_claim(folder) as claimed:
         if not claimed:
-            log.info("skipped: another process is running this job in %s", folder)
+            _skip("skipped: another process is running this job in %s", folder)
             return float("nan")
         status, previous = read_json(folder / "status.json") or {}, read_json(folder / "metrics.json") or {}
         if status.get("status") == "completed" and previous.get("config_digest") == digest:
-            log.info("skipped: completed before in %s (delete the folder to run it again)", folder)
+            _skip("skipped: completed before in %s (delete the folder to run it again)", folder)
             return previous["label_free_score"]
         if set(cfg.source) & set(cfg.target):
-            write_status(folder, "skipped", reason=f"source = target ({'+'.join(cfg.target)})")
-            log.info("skipped: the source is the target (%s)", "+".join(cfg.target))
+            reason = f"source = target ({'+'.join(cfg.target)})"
+            if status.get("reason") != reason:
+                write_status(folder, "skipped", reason=reason)
+            _skip("skipped: the source is the target (%s)", "+".join(cfg.target))
             return float("nan")
         return _run_and_record(cfg, folder, digest)
+
+
+def _skip(message: str, *args: Any) -> None:
+    """A skipped job's line goes to the console only: a rerun of a sweep leaves its finished folders byte for byte
+    as they were, and a job another process runs keeps its run.log to itself. (Hydra sets the handlers up anew for
+    each job, so dropping this job's file handler touches no other job.)"""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+    log.info(message, *args)
 
 
 def _run_and_record(cfg: DictConfig, folder: Path, digest: str) -> float:
