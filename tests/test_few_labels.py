@@ -22,7 +22,7 @@ from transfer_cli.strategies.zero_shot import class_descriptions
 
 from .conftest import SMALL, masked_lm_folder
 from .test_data import demo_config
-from .test_strategies import fit, tiny
+from .test_strategies import batch, fit, tiny
 from .test_strategy_mechanisms import Recorder, content, domains_run
 
 
@@ -184,6 +184,27 @@ def test_setfit_pair_loss_pulls_a_class_together_and_pushes_classes_apart():
     two = mixed[[0, 2]]  # different classes, one direction: loss 1
     assert pair_loss(two[[0, 0, 1, 1]], labels, torch.tensor([0, 0, 1, 1])).item() == pytest.approx(
         pair_loss(two, labels[[0, 2]], torch.arange(2)).item()) == pytest.approx(1.0)
+
+
+def test_setfit_step_pulls_each_class_together_and_the_classes_apart(tiny_model):
+    """The real strategy's loss: a step on its gradient lowers the pair loss of the batch's own texts."""
+    torch.manual_seed(0)
+    strategy = build_strategy({"name": "setfit"}, tiny_model).eval()
+    texts = {**batch(), "index": torch.arange(8)}  # labels 0, 1, 0, 1, ...
+    strategy.example = torch.arange(8)  # eight distinct examples
+
+    def loss() -> float:
+        with torch.no_grad():
+            return pair_loss(tiny_model.features(**texts), texts["labels"], strategy.example).item()
+
+    before = loss()
+    strategy.zero_grad()
+    strategy(texts, None, 0.0)[0].backward()
+    with torch.no_grad():
+        for p in tiny_model.backbone.parameters():
+            if p.grad is not None:
+                p.sub_(0.05 * p.grad)
+    assert loss() < before - 1e-4
 
 
 def test_setfit_head_predicts_as_the_fitted_logistic_regression(tiny_model):

@@ -32,16 +32,26 @@ def test_dann_lambda_schedule():
     assert values == sorted(values) and values[-1] > 0.99
 
 
-def domain_term_gradient(strategy, source, target):
-    """The gradient of the strategy's domain term alone: that of its loss at weight w = 1 minus that at w = 0."""
-    def gradient(weight):
-        strategy.params.weight = weight
+def term_gradient(strategy, source, target, weight="weight"):
+    """The gradient of one weighted term of the strategy's loss alone: that of its loss with the term's weight at 1
+    minus that at 0. Random draws (MLM masks) repeat: both passes start from seed 0."""
+    def gradient(value):
+        setattr(strategy.params, weight, value)
         strategy.zero_grad()
+        torch.manual_seed(0)
         strategy(source, target, progress=1.0)[0].backward()
         return {n: p.grad.clone() for n, p in strategy.named_parameters() if p.grad is not None}
 
-    full, task = gradient(1.0), gradient(0.0)
-    return {n: g - task.get(n, torch.zeros_like(g)) for n, g in full.items()}
+    full, rest = gradient(1.0), gradient(0.0)
+    return {n: g - rest.get(n, torch.zeros_like(g)) for n, g in full.items()}
+
+
+def step(strategy, part: str, gradient: dict, size: float = 0.05) -> None:
+    """One plain gradient-descent step on the parameters whose names start with `part`."""
+    with torch.no_grad():
+        for n, p in strategy.named_parameters():
+            if n.startswith(part) and n in gradient:
+                p.sub_(size * gradient[n])
 
 
 @pytest.mark.parametrize("name", ["dann", "cdan"])
@@ -51,15 +61,12 @@ def test_the_encoder_ascends_the_domain_loss_that_the_discriminator_descends(tin
     torch.manual_seed(0)
     strategy = build_strategy({"name": name}, tiny_model).eval()  # no dropout; BatchNorm on its running stats
     source, target = batch(), batch(seed=1, labels=False)
-    step = domain_term_gradient(strategy, source, target)
+    gradient = term_gradient(strategy, source, target)
     before = strategy(source, target, progress=1.0)[1]["domain_loss"]
     state = snapshot(strategy)
     change = {}
     for part in ("discriminator.", "model.backbone."):
-        with torch.no_grad():
-            for n, p in strategy.named_parameters():
-                if n.startswith(part) and n in step:
-                    p.sub_(0.05 * step[n])
+        step(strategy, part, gradient)
         change[part] = strategy(source, target, progress=1.0)[1]["domain_loss"] - before
         strategy.load_state_dict(state)
     assert change["discriminator."] < -1e-4 and change["model.backbone."] > 1e-4
@@ -86,19 +93,39 @@ def test_adda_discriminator_loss_reaches_only_d_and_the_encoder_loss_only_the_en
         assert any(n.startswith(reaches) for n in grads) and not any(n.startswith(spared) for n in grads)
 
 
-def test_adda_encoder_step_makes_target_text_look_real_to_the_discriminator(tiny_model):
+def realness(strategy, model, text) -> float:
+    """D's mean logit on the model's features of `text`: above 0 reads as real (source)."""
+    with torch.no_grad():
+        return strategy.discriminator(torch.tanh(model.features(**text))).mean().item()
+
+
+def loss_gradient(strategy, source, target) -> dict:
+    strategy.zero_grad()
+    strategy(source, target, progress=0.0)[0].backward()
+    return {n: p.grad for n, p in strategy.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ["adda", "aad"])
+def test_adda_discriminator_step_tells_source_text_from_target_text(tiny_model, name):
+    """D's side of the game: a step on D makes it call source text more real than target text than before."""
+    torch.manual_seed(0)
+    strategy = adapting(name, tiny_model)
+    source, target = batch(), batch(seed=1, labels=False)
+    margin = lambda: realness(strategy, tiny_model, source) - realness(strategy, tiny_model, target)  # noqa: E731
+    before = margin()
+    step(strategy, "discriminator.", loss_gradient(strategy, source, target))
+    assert margin() > before + 1e-4
+
+
+@pytest.mark.parametrize("name", ["adda", "aad"])
+def test_adda_encoder_step_makes_target_text_look_real_to_the_discriminator(tiny_model, name):
     """The inverted labels: the target encoder moves so that D calls its features of target text real (source)."""
     torch.manual_seed(0)
-    strategy = adapting("adda", tiny_model)
+    strategy = adapting(name, tiny_model)
     source, target = batch(), batch(seed=1, labels=False)
-    realness = lambda: strategy.discriminator(torch.tanh(tiny_model.features(**target))).mean().item()  # noqa: E731
-    before = realness()
-    strategy(source, target, progress=0.0)[0].backward()
-    with torch.no_grad():
-        for p in tiny_model.backbone.parameters():
-            if p.grad is not None:
-                p.sub_(0.05 * p.grad)
-    assert realness() > before + 1e-4
+    before = realness(strategy, tiny_model, target)
+    step(strategy, "model.backbone.", loss_gradient(strategy, source, target))
+    assert realness(strategy, tiny_model, target) > before + 1e-4
 
 
 def test_adda_adaptation_groups_follow_the_reference(tokenizer, tiny_model, tmp_path, ctx):
@@ -136,15 +163,62 @@ def test_dann_discriminator_outpaces_the_encoder(tokenizer, tiny_model, tmp_path
 
 def test_aad_distils_on_source_and_target_text(tiny_model):
     """KD is zero while the target encoder is the source encoder; once it moves, KD depends on the target batch
-    too, and its gradient pulls the encoder back."""
+    too, and a step on its gradient alone pulls the encoder back towards the teacher."""
+    torch.manual_seed(0)
     strategy = adapting("aad", tiny_model)
     source, target = batch(), batch(seed=1, labels=False)
-    assert strategy(source, target, 0.0)[1]["kd_loss"] == pytest.approx(0.0, abs=1e-4)  # T² = 400 scales rounding
+    kd = lambda text: strategy(source, text, 0.0)[1]["kd_loss"]  # noqa: E731
+    assert kd(target) == pytest.approx(0.0, abs=1e-4)  # T² = 400 scales rounding
     with torch.no_grad():
         for p in tiny_model.backbone.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    kd = [strategy(source, batch(seed=s, labels=False), 0.0)[1]["kd_loss"] for s in (1, 2)]
-    assert min(kd) > 1e-2 and abs(kd[0] - kd[1]) > 1e-3
+            p.add_(0.1 * torch.randn_like(p))
+    moved = [kd(text) for text in (target, batch(seed=2, labels=False))]
+    assert min(moved) > 1e-2 and abs(moved[0] - moved[1]) > 1e-5  # exactly equal if only the source text counted
+    step(strategy, "model.backbone.", term_gradient(strategy, source, target, weight="kd_weight"))
+    assert kd(target) < 0.9 * moved[0]
+
+
+def test_cdan_discriminator_reads_the_predictions_weighted_by_their_confidence(tiny_model):
+    """D reads z ⊗ g: on the same z, a classifier that predicts the other class changes the domain loss; and
+    CDAN+E's weights ω = 1 + exp(-H(g)) change it against plain CDAN (ω = 1)."""
+    torch.manual_seed(0)
+    strategy = build_strategy({"name": "cdan", "entropy": False}, tiny_model).eval()
+    source, target = batch(), batch(seed=1, labels=False)
+    classifier = strategy.model.head.classifier
+    with torch.no_grad():  # a boundary through the batch: sure and unsure predictions of either class
+        classifier.weight.mul_(20)
+        classifier.bias.sub_(strategy.encode(source, target)[1].mean(0))
+    optimiser = torch.optim.Adam(strategy.discriminator.parameters(), lr=1e-2)
+    for _ in range(30):  # a D that tells the two batches apart, more surely for some examples than for others
+        optimiser.zero_grad()
+        strategy(source, target, progress=0.0)[0].backward()
+        optimiser.step()
+    domain_loss = lambda: strategy(source, target, progress=1.0)[1]["domain_loss"]  # noqa: E731
+    plain = domain_loss()
+    with torch.no_grad():
+        classifier.weight.neg_(), classifier.bias.neg_()  # each example's probabilities swapped; z and H as they were
+    swapped = domain_loss()
+    assert abs(swapped - plain) > 1e-2
+    strategy.params.entropy = True
+    assert abs(domain_loss() - swapped) > 1e-3
+
+
+def test_mlm_adapt_joint_step_adapts_the_encoder_to_the_target_text(tiny_model, tokenizer):
+    """The joint phase's MLM term: a step on its gradient alone makes the backbone better at the target text's
+    masked tokens (the same masks)."""
+    strategy = build_strategy({"name": "mlm_adapt"}, tiny_model)
+    strategy.special_ids, strategy.mask_id = tokenizer.all_special_ids, tokenizer.mask_token_id
+    strategy.start_phase(Phase("joint", None, 1))
+    strategy.eval()
+    source, target = batch(), batch(seed=1, labels=False)
+
+    def mlm() -> float:
+        torch.manual_seed(0)
+        return strategy.mlm_loss(target).item()
+
+    before = mlm()
+    step(strategy, "model.backbone.", term_gradient(strategy, source, target), size=0.5)
+    assert mlm() < before - 1e-3
 
 
 @pytest.mark.parametrize(

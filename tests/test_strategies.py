@@ -102,7 +102,7 @@ def test_entropy_weights_favour_confident_predictions():
     assert w[0] > w[2] > w[1] and w.mean().item() == pytest.approx(1.0)
 
 
-def test_cdan_discriminator_reads_the_bottleneck_conditioned_on_predictions(tiny_model):
+def test_cdan_step_with_a_narrow_bottleneck_returns_its_parts(tiny_model):
     strategy = build_strategy({"name": "cdan", "bottleneck": 16}, tiny_model).eval()
     loss, logs = strategy(batch(), batch(seed=1, labels=False), progress=1.0)
     assert loss.item() == pytest.approx(logs["task_loss"] + logs["domain_loss"], rel=1e-4)
