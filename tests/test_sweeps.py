@@ -52,7 +52,7 @@ def test_sweep_interrupted_resumed_and_reported(cli, cli_env, tmp_path):
     assert {name: (sweep / name / "metrics.json").stat().st_mtime_ns for name in kept} == kept  # not run again
     assert out.stdout.count("skipped: completed before") == len(kept)
 
-    # a third run finds everything done and leaves every file as it was (results folders are often committed)
+    # the same command again finds everything done and leaves every file as it was (results are often committed)
     before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
     out = cli(*args)
     assert out.returncode == 0, out.stderr

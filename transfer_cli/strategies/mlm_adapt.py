@@ -12,6 +12,9 @@ UDALM starts from BERT with its pretrained MLM head, and so does this where the 
 roberta-base). Backbones shipped without one (MiniLM, a sentence-transformers model) get a fresh head whose decoder
 is tied to the input embeddings; its small transform first learns alone, with the backbone frozen (`head_epochs`),
 so that a random head's large early gradients never reach the backbone.
+Deviations: every phase trains with the run's AdamW and schedule; DAPT is `pretrain_epochs` (1) over the target
+pool, not a separate long pre-training run; the joint phase runs the run's epochs and keeps the epoch that
+`selection` picks.
 """
 
 from __future__ import annotations
