@@ -1,7 +1,7 @@
 """The mutation checks behind the mechanism tests: each entry breaks one mechanism (deletes a term, flips a sign,
 lets a frozen part train) in a copy of the code and runs the test that must catch it.
 
-    python scripts/mutations.py             # every entry: about 15 minutes on 2 cores
+    python scripts/mutations.py             # every entry: about 10 minutes on 2 cores
     python scripts/mutations.py aad cdan    # the entries whose file or test names one of the words
 
 One line per entry: `caught` (the test failed, as it must), `NOT CAUGHT`, `stale` (the code no longer holds the text
@@ -26,6 +26,7 @@ MLM_JOINT = M + "test_mlm_adapt_joint_step_adapts_the_encoder_to_the_target_text
 DISCREPANCY = L + "test_a_step_on_the_discrepancy_loss_brings_source_and_target_features_closer"
 GROUPS = "tests/test_loop.py::test_groups_update_on_their_own_ratio_gate_and_constraint"
 PAIRED = "tests/test_loop.py::test_unlabelled_batches_are_paired_by_length"
+OWN_SETTINGS = "tests/test_loop.py::test_each_group_gets_its_own_rate_decay_momentum_and_schedule"
 SETFIT = "tests/test_few_labels.py::test_setfit_step_pulls_each_class_together_and_the_classes_apart"
 KD = "kd = 0.5 * (self.distillation(head(source), teacher_source) + self.distillation(head(target), teacher_target))"
 OMEGA = "omega = entropy_weights(g) if self.params.entropy else torch.ones_like(domain)"
@@ -103,6 +104,11 @@ MUTATIONS = [
      "return step % self.every == 0", GROUPS),
     ("transfer_cli/training/loop.py", "p.clamp_(-owner.clamp, owner.clamp)", "pass", GROUPS),
     ("transfer_cli/training/loop.py", "quantile * len(self.buckets)", "0 * len(self.buckets)", PAIRED),
+    ("transfer_cli/training/loop.py", '"betas": group.betas', '"betas": (0.9, 0.999)', OWN_SETTINGS),
+    ("transfer_cli/training/loop.py", "(train.weight_decay if group.weight_decay is None else group.weight_decay)",
+     "train.weight_decay", OWN_SETTINGS),
+    ("transfer_cli/training/loop.py", '"constant": lambda step: 1.0', '"constant": warmup_then_linear_decay',
+     OWN_SETTINGS),
 ]
 
 

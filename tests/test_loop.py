@@ -128,6 +128,28 @@ def test_groups_update_on_their_own_ratio_gate_and_constraint(tiny_model):
     assert moved["c"][0] and torch.allclose(strategy.c.weight, torch.full((1, 4), -0.01))
 
 
+def test_each_group_gets_its_own_rate_decay_momentum_and_schedule(tiny_model):
+    """A group's lr, weight decay, betas and schedule reach its param groups (no decay on biases); what no group
+    holds trains with the run's settings."""
+    train = TrainConfig(lr=1e-3, weight_decay=0.01)
+    strategy = Grouped(tiny_model, labelled(8))
+    groups = [Group("a", [strategy.a], lr=1e-2, weight_decay=0.0, betas=(0.5, 0.999), schedule="constant"),
+              Group("b", [strategy.b], lr=1e-4, weight_decay=0.3)]
+    optimizer, owners = loop._optimizer(strategy, train, Phase("train", None, 1, groups=groups))
+    scheduler = loop._scheduler(optimizer, owners, warmup=0, total=10)
+    settings = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    a, b = settings[id(strategy.a.weight)], settings[id(strategy.b.weight)]
+    backbone = settings[id(next(tiny_model.backbone.parameters()))]
+    assert (a["lr"], a["weight_decay"], a["betas"]) == (1e-2, 0.0, (0.5, 0.999))
+    assert (b["lr"], b["weight_decay"], b["betas"]) == (1e-4, 0.3, (0.9, 0.999))
+    assert settings[id(strategy.b.bias)]["weight_decay"] == 0.0
+    assert (backbone["lr"], backbone["weight_decay"]) == (1e-3, 0.01)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    assert a["lr"] == 1e-2 and b["lr"] == pytest.approx(0.5e-4) and backbone["lr"] == pytest.approx(0.5e-3)
+
+
 class WindowGated(OnePhase):
     """One gated module; its batches log open = 1, 0, 1, 0, ...: only the mean over an accumulation window of two
     (0.5) passes the gate, neither batch alone does."""
