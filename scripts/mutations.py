@@ -54,7 +54,7 @@ MUTATIONS = [
      M + "test_adda_discriminator_loss_reaches_only_d_and_the_encoder_loss_only_the_encoder[adda]"),
     (S + "adda.py", "max_grad_norm=1.0, gate=gate)", "max_grad_norm=1.0, gate=None)",
      M + "test_adda_adaptation_groups_follow_the_reference"),
-    (S + "adda.py", "set_trainable(self.model.head, False)", "pass",
+    (S + "adda.py", "frozen=[self.model.head]", "frozen=[]",
      "tests/test_strategies.py::test_adda_adapts_the_target_encoder_only[aad]"),  # ADDA: no loss reaches C
     (S + "aad.py", "+ p.kd_weight * kd", "+ 0 * kd", AAD_DISTILS),
     (S + "aad.py", "+ p.kd_weight * kd", "- p.kd_weight * kd", AAD_DISTILS),
@@ -95,8 +95,11 @@ MUTATIONS = [
     # mlm_adapt: the MLM term of the joint phase, the frozen backbone of the head phase
     (S + "mlm_adapt.py", "task + self.params.weight * mlm", "task + 0 * mlm", MLM_JOINT),
     (S + "mlm_adapt.py", "task + self.params.weight * mlm", "task - self.params.weight * mlm", MLM_JOINT),
-    (S + "mlm_adapt.py", "            set_trainable(self.model, False)", "            pass",
+    (S + "mlm_adapt.py", "frozen=[self.model]", "frozen=[]", "tests/test_strategies.py::test_mlm_adapt_phases"),
+    (S + "base.py", "        for p in self._held:\n            p.requires_grad_(True)\n", "",
      "tests/test_strategies.py::test_mlm_adapt_phases"),
+    (S + "distill.py", "        self.freeze(self.teacher)\n", "",
+     "tests/test_strategies.py::test_distill_trains_the_teacher_then_only_the_student"),
     # the loop: update ratio, gate and clamp of parameter groups; length-paired unlabelled batches
     (S + "base.py", "return step % self.every == 0 and (self.gate is None or self.gate(logs))",
      "return self.gate is None or self.gate(logs)", GROUPS),

@@ -77,7 +77,7 @@ def adapting(name, model, **params):
     strategy = build_strategy({"name": name, **params}, model)
     strategy.source_model = copy.deepcopy(model)
     strategy.freeze(strategy.source_model)
-    strategy.start_phase(Phase("adapt", None, 1, loss=strategy.adapt_loss))
+    strategy.start_phase(Phase("adapt", None, 1, loss=strategy.adapt_loss, frozen=[model.head]))
     return strategy.eval()
 
 

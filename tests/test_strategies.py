@@ -237,6 +237,8 @@ def test_distill_trains_the_teacher_then_only_the_student(tokenizer, ctx, tmp_pa
     assert changed(at_teacher, at_student, "teacher.") and not changed(at_teacher, at_student, "model.")
     assert changed(at_student, end, "model.") and not changed(at_student, end, "teacher.")
     assert [row["phase"] for row in result.history] == ["teacher", "student"]
+    strategy.train()  # the teacher stays frozen and without dropout, whatever the loop sets
+    assert not strategy.teacher.training and not any(p.requires_grad for p in strategy.teacher.parameters())
     assert {"kd_loss", "task_loss"} <= set(result.history[1])
 
 

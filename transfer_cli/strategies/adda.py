@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..losses import DomainDiscriminator
-from .base import Context, Group, Phase, Strategy, check, set_trainable
+from .base import Context, Group, Phase, Strategy, check
 
 
 @contextlib.contextmanager
@@ -86,12 +86,8 @@ class ADDA(Strategy):
                   max_grad_norm=1.0, gate=gate),
         ]
         yield Phase("adapt", data.source_train, p.adapt_epochs, unlabelled=data.target_pool, selection="last",
-                    loss=self.adapt_loss, groups=groups, batch_size=p.adapt_batch_size)
-
-    def start_phase(self, phase: Phase) -> None:
-        super().start_phase(phase)
-        if phase.name == "adapt":
-            set_trainable(self.model.head, False)  # C stays the source classifier
+                    loss=self.adapt_loss, groups=groups, batch_size=p.adapt_batch_size,
+                    frozen=[self.model.head])  # C stays the source classifier
 
     def real_features(self, labelled: dict) -> torch.Tensor:
         """What D must call real: M_s's features of source text."""

@@ -80,6 +80,7 @@ class Phase:
     `batch_by` gives each training example a group (its source domain): batches never mix groups.
     `loss` is the phase's loss (default: the strategy's `loss`); `groups` its parameters with their own optimiser
     settings (the rest train with the run's); `batch_size` its own (default: the run's, train.batch_size).
+    `frozen` modules do not train in the phase (what of them trained before trains again after it).
     `group_by_length: False` makes the phase's batches plain random ones whatever train.group_by_length says (where
     a batch must mix examples, such as in-batch pairs of a repeated few-shot set)."""
 
@@ -96,6 +97,7 @@ class Phase:
     groups: Sequence[Group] = ()
     batch_size: Optional[int] = None
     group_by_length: bool = True
+    frozen: Sequence[nn.Module] = ()
 
 
 @dataclass
@@ -147,6 +149,7 @@ class Strategy(nn.Module):
         self.phase = ""
         self._phase_loss = None
         self._frozen: List[nn.Module] = []
+        self._held: List[nn.Parameter] = []  # what the current phase keeps from training
 
     def freeze(self, module: nn.Module) -> None:
         """A frozen model (a teacher, a source encoder): no gradients, and always in eval mode (no dropout)."""
@@ -163,8 +166,13 @@ class Strategy(nn.Module):
         return [Phase("train", data.source_train, ctx.epochs, unlabelled=data.target_pool if self.adapts else None)]
 
     def start_phase(self, phase: Phase) -> None:
-        """Called before a phase's optimiser is built; overrides set `requires_grad` for what the phase trains."""
+        """Called before a phase's optimiser is built: the phase's loss, and its `frozen` modules held back."""
         self.phase, self._phase_loss = phase.name, phase.loss
+        for p in self._held:
+            p.requires_grad_(True)
+        self._held = [p for module in phase.frozen for p in module.parameters() if p.requires_grad]
+        for p in self._held:
+            p.requires_grad_(False)
 
     def task_loss(self, batch: dict, model: Optional[TransferModel] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy on a labelled batch, and the pooled features it came from."""

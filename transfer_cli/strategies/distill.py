@@ -54,12 +54,8 @@ class Distill(Strategy):
                                 "student model; choose a teacher with the same tokenizer (e.g. bert-base for minilm)")
         yield Phase("teacher", data.source_train, self.params.teacher_epochs or ctx.epochs, model=self.teacher,
                     loss=self.teacher_loss)
+        self.freeze(self.teacher)
         yield Phase("student", data.source_train, ctx.epochs, unlabelled=data.target_pool)
-
-    def start_phase(self, phase: Phase) -> None:
-        super().start_phase(phase)
-        if phase.name == "student":
-            self.freeze(self.teacher)
 
     def teacher_loss(self, labelled, unlabelled, progress):
         loss, _ = self.task_loss(labelled, self.teacher)

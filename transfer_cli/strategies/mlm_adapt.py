@@ -31,7 +31,7 @@ from ..data.batching import TokenizedSet
 from ..errors import TransferError
 from ..losses import MaskedLMHead, mask_tokens
 from ..models import NoMaskedLMHead, load_masked_lm_head
-from .base import Context, Phase, Strategy, check, set_trainable
+from .base import Context, Phase, Strategy, check
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ class MLMAdapt(Strategy):
 
     def __init__(self, params, model):
         super().__init__(params, model)
-        self.held = []  # the model's trainable parameters, while the MLM head learns alone
         try:
             self.mlm_head = PretrainedMLMHead(load_masked_lm_head(model))
             self.fresh_head = False
@@ -84,7 +83,8 @@ class MLMAdapt(Strategy):
         if self.params.on_source:
             text = TokenizedSet(data.target_pool.ids + data.source_train.ids)
         if self.params.head_epochs and self.fresh_head:
-            yield Phase("mlm_head", text, self.params.head_epochs, selection="last", loss=self.mlm_phase_loss)
+            yield Phase("mlm_head", text, self.params.head_epochs, selection="last", loss=self.mlm_phase_loss,
+                        frozen=[self.model])
         if self.params.pretrain_epochs:
             yield Phase("mlm", text, self.params.pretrain_epochs, selection="last", loss=self.mlm_phase_loss)
         yield Phase("joint", data.source_train, ctx.epochs, unlabelled=text if self.params.weight > 0 else None)
@@ -98,16 +98,6 @@ class MLMAdapt(Strategy):
         if not picked.any():  # nothing masked: a zero that still has a gradient (the head trains in every MLM phase)
             return self.mlm_head(hidden[:, 0], embeddings).sum() * 0.0
         return F.cross_entropy(self.mlm_head(hidden[picked], embeddings).float(), labels[picked])
-
-    def start_phase(self, phase: Phase) -> None:
-        super().start_phase(phase)
-        if phase.name == "mlm_head":
-            self.held = [p for p in self.model.parameters() if p.requires_grad]
-            set_trainable(self.model, False)
-        else:  # what the head phase held back trains again
-            for p in self.held:
-                p.requires_grad_(True)
-            self.held = []
 
     def mlm_phase_loss(self, text, unlabelled, progress):
         mlm = self.mlm_loss(text)
