@@ -107,6 +107,8 @@ MUTATIONS = [
      "return step % self.every == 0", GROUPS),
     ("transfer_cli/training/loop.py", "p.clamp_(-owner.clamp, owner.clamp)", "pass", GROUPS),
     ("transfer_cli/training/loop.py", "quantile * len(self.buckets)", "0 * len(self.buckets)", PAIRED),
+    ("transfer_cli/training/loop.py", "logs = _mean_over_processes(logs, self.ctx.accelerator)", "pass",
+     "tests/test_distributed.py::test_a_gate_decides_alike_on_every_process_from_their_mean_logs"),
     ("transfer_cli/training/loop.py", '"betas": group.betas', '"betas": (0.9, 0.999)', OWN_SETTINGS),
     ("transfer_cli/training/loop.py", "(train.weight_decay if group.weight_decay is None else group.weight_decay)",
      "train.weight_decay", OWN_SETTINGS),

@@ -66,3 +66,63 @@ def test_evaluation_gathers_each_example_once(tmp_path):
     gathered = json.loads(result.read_text())
     assert gathered["processes"] == 2
     assert gathered["outputs"] == [float(i + 1) for i in range(37)]  # every example once, in order
+
+
+GATE = textwrap.dedent("""
+    import json, sys
+    from types import SimpleNamespace
+    import torch
+    from accelerate import PartialState
+    sys.path.insert(0, sys.argv[2])
+    from tests.conftest import TINY_SHAPE
+    from tests.test_loop import FakeData, OnePhase, labelled
+    from transfer_cli.config import Device, HardwareConfig, ModelConfig, Precision, RunConfig, TrainConfig
+    from transfer_cli.hardware import setup
+    from transfer_cli.models import build_model
+    from transfer_cli.strategies import Group, Phase
+    from transfer_cli.training import loop
+
+    class RankGated(OnePhase):
+        # each process logs its rank: only their mean, 0.5, opens the gate
+        def __init__(self, model, data, rank):
+            super().__init__(model, data, 1)
+            self.g, self.rank = torch.nn.Linear(4, 1), rank
+
+        def phases(self, data, ctx):
+            gate = lambda logs: 0.4 < logs["rank"] < 0.6
+            return [Phase("train", self.data, 1, groups=[Group("g", [self.g], gate=gate)])]
+
+        def loss(self, labelled, unlabelled, progress):
+            task, _ = self.task_loss(labelled)
+            return task + self.g(torch.ones(1, 4)).sum(), {"rank": float(self.rank)}
+
+    PartialState(cpu=True)  # the process group (gloo), as the CLI starts it
+    accelerator = setup(HardwareConfig(name="cpu", device=Device.cpu, precision=Precision.fp32), 0).accelerator
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="tiny", random_init=dict(TINY_SHAPE)), num_labels=2, vocab_size=2000)
+    strategy = RankGated(model, labelled(32), accelerator.process_index)
+    before = strategy.g.weight.detach().clone()
+    loop._score_epoch = lambda *_: {"source_val_accuracy": 0.5, "target_test_accuracy": 0}
+    loop.fit(strategy, FakeData(), RunConfig(train=TrainConfig(batch_size=8, lr=1e-3, warmup_ratio=0.0)), accelerator,
+             SimpleNamespace(pad_token_id=0))
+    moved = not torch.equal(before, strategy.g.weight.detach())
+    json.dump({"moved": moved, "weight": strategy.g.weight.flatten().tolist()},
+              open(f"{sys.argv[1]}.{accelerator.process_index}", "w"))
+""")
+
+
+def test_a_gate_decides_alike_on_every_process_from_their_mean_logs(tmp_path):
+    """Rank 0 logs 0 and rank 1 logs 1 on every step: neither alone opens a gate that wants 0.5, their mean does.
+    So the gated group updates, on both processes, to the same weights."""
+    from pathlib import Path
+
+    script = tmp_path / "gate.py"
+    script.write_text(GATE)
+    result = tmp_path / "result"
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(result), str(Path(__file__).parents[1])],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [json.loads(Path(f"{result}.{rank}").read_text()) for rank in (0, 1)]
+    assert ranks[0]["moved"] and ranks[1]["moved"] and ranks[0]["weight"] == ranks[1]["weight"]
+

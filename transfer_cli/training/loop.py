@@ -397,6 +397,8 @@ class _Run:
         drawn = gather_object([state.drawn])  # every process draws its own unlabelled batches
         position = {"phase": number, "state": asdict(state), "drawn_per_process": drawn, "result": asdict(self.result)}
         self.checkpoints.save(position, strategy, optimizer, scheduler, best_state)
+
+
 def _mean_over_processes(logs: Dict[str, float], accelerator) -> Dict[str, float]:
     values = accelerator.reduce(torch.tensor(list(logs.values()), device=accelerator.device), reduction="mean")
     return dict(zip(logs, values.tolist()))
