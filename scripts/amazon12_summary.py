@@ -64,8 +64,8 @@ def main(folder: Path) -> None:
         closed.append(f"{done.delta_vs_source_only.mean() / loss:.0%}{suffix}" if len(done) else "")
         negative = done[done.negative_transfer & (s != "source_only")]
         flags.append(f"{len(negative)} ({(~negative.within_noise).sum()} beyond 1 s.e.)" if s != "source_only" else "")
-        runs = selection[selection.label == s]
-        gaps.append(f"{(runs.source_val - runs.oracle_pick).mean():+.3f}" if len(runs) else "")
+        picks = selection[selection.label == s]
+        gaps.append(f"{(picks.source_val - picks.oracle_pick).mean():+.3f}" if len(picks) else "")
     print("| **average** | " + " | ".join(averages) + " |")
     print("| Δ source_only (same pairs) | " + " | ".join(deltas) + " |")
     print("| transfer loss closed | " + " | ".join(closed) + " |")

@@ -119,8 +119,8 @@ def run(cfg: DictConfig) -> float:
 
 def _skip(message: str, *args: Any) -> None:
     """A skipped job's line goes to the console only: a rerun of a sweep leaves the run files of its finished jobs
-    as they were (Hydra rewrites only `.hydra/`), and a job another process runs keeps its run.log to itself. (Hydra sets the handlers up anew for
-    each job, so dropping this job's file handler touches no other job.)"""
+    as they were (Hydra rewrites only `.hydra/`), and a job another process runs keeps its run.log to itself.
+    Hydra sets the handlers up anew for each job, so dropping this job's file handler touches no other job."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
         root.removeHandler(handler)
