@@ -18,6 +18,12 @@ from .test_errors import assert_clean_error
 TWO_EPOCHS = [*SMALL, "train.epochs=2"]  # two epochs: the validators have a choice to make
 
 
+def as_from_a_terminal() -> None:
+    """Ctrl-C as a terminal delivers it: a test run started in the background (nohup, `&`) ignores SIGINT, and its
+    children would inherit that, so a Ctrl-C that lands between two sweep jobs would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def statuses(root: Path) -> dict:
     return {p.parent.name: json.loads(p.read_text())["status"] for p in root.rglob("status.json")}
 
@@ -28,7 +34,7 @@ def test_sweep_interrupted_resumed_and_reported(cli, cli_env, tmp_path):
     args = ["run", "-m", "experiment=amazon12", "source=books,dvd", "target=books,dvd", "strategy=source_only,dann",
             "seed=0,1", f"hydra.sweep.dir={sweep}", *TWO_EPOCHS]
     process = subprocess.Popen([*TRANSFER, *args], cwd=tmp_path, env=cli_env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
     while list(statuses(sweep).values()).count("completed") < 2 and process.poll() is None:
         time.sleep(0.1)
     process.send_signal(signal.SIGINT)  # Ctrl-C
