@@ -195,8 +195,9 @@ def test_cdan_discriminator_reads_the_predictions_weighted_by_their_confidence(t
         optimiser.step()
     domain_loss = lambda: strategy(source, target, progress=1.0)[1]["domain_loss"]  # noqa: E731
     plain = domain_loss()
-    with torch.no_grad():
-        classifier.weight.neg_(), classifier.bias.neg_()  # each example's probabilities swapped; z and H as they were
+    with torch.no_grad():  # each example's probabilities swapped; z and H as they were
+        classifier.weight.neg_()
+        classifier.bias.neg_()
     swapped = domain_loss()
     assert abs(swapped - plain) > 1e-2
     strategy.params.entropy = True
