@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -114,8 +115,6 @@ GATE = textwrap.dedent("""
 def test_a_gate_decides_alike_on_every_process_from_their_mean_logs(tmp_path):
     """Rank 0 logs 0 and rank 1 logs 1 on every step: neither alone opens a gate that wants 0.5, their mean does.
     So the gated group updates, on both processes, to the same weights."""
-    from pathlib import Path
-
     script = tmp_path / "gate.py"
     script.write_text(GATE)
     result = tmp_path / "result"

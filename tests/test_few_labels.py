@@ -22,6 +22,7 @@ from transfer_cli.strategies.zero_shot import class_descriptions
 
 from .conftest import SMALL, masked_lm_folder
 from .test_data import demo_config
+from .test_mechanisms import loss_gradient, step
 from .test_strategies import batch, fit, tiny
 from .test_strategy_mechanisms import Recorder, content, domains_run
 
@@ -198,12 +199,7 @@ def test_setfit_step_pulls_each_class_together_and_the_classes_apart(tiny_model)
             return pair_loss(tiny_model.features(**texts), texts["labels"], strategy.example).item()
 
     before = loss()
-    strategy.zero_grad()
-    strategy(texts, None, 0.0)[0].backward()
-    with torch.no_grad():
-        for p in tiny_model.backbone.parameters():
-            if p.grad is not None:
-                p.sub_(0.05 * p.grad)
+    step(strategy, "model.backbone.", loss_gradient(strategy, texts, None))
     assert loss() < before - 1e-4
 
 
