@@ -94,3 +94,16 @@ def test_report_tells_apart_runs_that_differ_in_other_overrides(cli, tmp_path):
     assert "| setfit strategy.k=8 data.max_length=128 | books→dvd | 1 | 0.700 ± 0.000 | -0.020 |" in md
     assert "| setfit strategy.k=64 data.max_length=128 | books→dvd | 1 | 0.800 ± 0.000 | +0.080 |" in md
     assert "| source_only data.max_length=64 | books→dvd | 1 | 0.600 ± 0.000 |" in md and shared not in md
+
+
+def test_report_warns_when_runs_differ_in_precision(cli, tmp_path):
+    """A sweep resumed on a machine where hardware.precision=auto chose bf16 mixes precisions: the report says so."""
+    sweep = tmp_path / "sweep"
+    fake_run(sweep, "0", strategy="source_only", seed=0, precision="fp32")
+    fake_run(sweep, "1", strategy="source_only", seed=1, precision="fp32")
+    out = cli("report", str(sweep), "--out", str(tmp_path / "report"))
+    assert "Precision: fp32 in every run." in out.stdout and "differ in precision" not in out.stdout
+    fake_run(sweep, "2", strategy="source_only", seed=2, precision="bf16")
+    out = cli("report", str(sweep), "--out", str(tmp_path / "report"))
+    assert out.returncode == 0, out.stderr
+    assert "The runs differ in precision** (fp32 2, bf16 1)" in (tmp_path / "report" / "report.md").read_text()

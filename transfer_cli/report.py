@@ -186,6 +186,19 @@ def constants(summary: pd.DataFrame) -> str:
     return ", ".join(f"{c} {summary[c].iloc[0]}" for c in ("model", "protocol") if summary[c].nunique() == 1)
 
 
+def precisions(runs: pd.DataFrame) -> str:
+    """The precision the runs trained in, and a warning where they differ: a sweep resumed on another machine, where
+    hardware.precision=auto resolved otherwise (bf16 where it is native and faster), mixes them in one table."""
+    known = runs["precision"].dropna() if "precision" in runs else pd.Series(dtype=str)
+    if known.nunique() == 1:
+        return f" Precision: {known.iloc[0]} in every run."
+    if known.nunique() > 1:
+        counts = ", ".join(f"{name} {n}" for name, n in known.value_counts().items())
+        return (f" **The runs differ in precision** ({counts}): `runs.csv` says which run trained in which, and why; "
+                "to compare like with like, pin hardware.precision.")
+    return ""
+
+
 def pivot_rows(table: pd.DataFrame) -> Tuple[List[str], List[List[str]]]:
     header = ["strategy", *table.columns]
     rows = [[index, *("" if pd.isna(v) else f"{v:.3f}" for v in row)] for index, row in table.iterrows()]
@@ -234,7 +247,7 @@ def main(argv: List[str]) -> None:
     if not other.empty:
         sections.append(("Failed or incomplete runs", ["folder", "status", "error", "overrides"], other.astype(str).values.tolist()))
     intro = (f"# Transfer report\n\nMetric: `{args.metric}`; {len(runs)} completed runs, {len(other)} others"
-             f"{f', {len(skipped)} skipped (source = target)' if len(skipped) else ''}.\n")
+             f"{f', {len(skipped)} skipped (source = target)' if len(skipped) else ''}.{precisions(runs)}\n")
     write_atomic(out / "report.md", "\n".join([intro, *(f"## {t}\n\n{markdown(h, r)}" for t, h, r in sections)]))
 
     from rich.console import Console
