@@ -136,10 +136,12 @@ def ctx(tmp_path, tokenizer):
 
 @pytest.fixture(scope="session")
 def saved_runs(tmp_path_factory, session_env):
-    """A source_only and a dann run on the slice, with their models saved (train.save_model=true)."""
+    """A source_only and a dann run on the slice, with their models saved (train.save_model=true). In fp32, so that
+    their saved test predictions match `transfer predict` (fp32) to float precision on any CPU (where auto picks
+    bf16, the run's own evaluation differs from fp32 by ~1e-3)."""
     root = tmp_path_factory.mktemp("saved-runs")
     out = subprocess.run([*TRANSFER, "run", "-m", "strategy=source_only,dann", "source=books", "target=dvd",
-                          "train.save_model=true", *SMALL], cwd=root, env=session_env, capture_output=True, text=True,
-                         timeout=600)
+                          "train.save_model=true", "hardware=cpu_fp32", *SMALL], cwd=root, env=session_env,
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     return sorted(p.parent.parent for p in root.rglob("model/config.json"))
