@@ -54,6 +54,7 @@ GATHER = textwrap.dedent("""
     out = infer(lambda ids, mask: ids[:, :1].float(), data, 8, 0, accelerator)
     if accelerator.is_main_process:
         json.dump({"processes": accelerator.num_processes, "outputs": out.flatten().tolist()}, open(sys.argv[1], "w"))
+    accelerator.end_training()  # the process group ends before the interpreter does (else gloo may abort at exit)
 """)
 
 
@@ -109,6 +110,7 @@ GATE = textwrap.dedent("""
     moved = not torch.equal(before, strategy.g.weight.detach())
     json.dump({"moved": moved, "weight": strategy.g.weight.flatten().tolist()},
               open(f"{sys.argv[1]}.{accelerator.process_index}", "w"))
+    accelerator.end_training()
 """)
 
 
