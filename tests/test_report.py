@@ -107,3 +107,13 @@ def test_report_warns_when_runs_differ_in_precision(cli, tmp_path):
     out = cli("report", str(sweep), "--out", str(tmp_path / "report"))
     assert out.returncode == 0, out.stderr
     assert "The runs differ in precision** (fp32 2, bf16 1)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_report_names_the_cpu_kinds_the_runs_trained_on(cli, tmp_path):
+    """A sweep shared out between an AVX512 and an AVX2 machine: the report counts the runs of each."""
+    sweep = tmp_path / "sweep"
+    for name, capability in (("0", "AVX512"), ("1", "AVX512"), ("2", "AVX2")):
+        fake_run(sweep, name, strategy="source_only", seed=int(name), precision="fp32", cpu_capability=capability)
+    out = cli("report", str(sweep), "--out", str(tmp_path / "report"))
+    assert out.returncode == 0, out.stderr
+    assert "Precision: fp32 in every run. CPU capability: AVX512 2, AVX2 1." in (tmp_path / "report" / "report.md").read_text()

@@ -199,6 +199,15 @@ def precisions(runs: pd.DataFrame) -> str:
     return ""
 
 
+def cpu_kinds(runs: pd.DataFrame) -> str:
+    """The CPU capabilities the runs trained on (`torch.backends.cpu.get_cpu_capability()`), with their counts: one
+    sweep shared out between machines trains on several, whose fp32 kernels agree to rounding, not to the bit."""
+    known = runs["cpu_capability"].dropna() if "cpu_capability" in runs else pd.Series(dtype=str)
+    if known.empty:
+        return ""
+    return f" CPU capability: {', '.join(f'{name} {n}' for name, n in known.value_counts().items())}."
+
+
 def pivot_rows(table: pd.DataFrame) -> Tuple[List[str], List[List[str]]]:
     header = ["strategy", *table.columns]
     rows = [[index, *("" if pd.isna(v) else f"{v:.3f}" for v in row)] for index, row in table.iterrows()]
@@ -247,7 +256,7 @@ def main(argv: List[str]) -> None:
     if not other.empty:
         sections.append(("Failed or incomplete runs", ["folder", "status", "error", "overrides"], other.astype(str).values.tolist()))
     intro = (f"# Transfer report\n\nMetric: `{args.metric}`; {len(runs)} completed runs, {len(other)} others"
-             f"{f', {len(skipped)} skipped (source = target)' if len(skipped) else ''}.{precisions(runs)}\n")
+             f"{f', {len(skipped)} skipped (source = target)' if len(skipped) else ''}.{precisions(runs)}{cpu_kinds(runs)}\n")
     write_atomic(out / "report.md", "\n".join([intro, *(f"## {t}\n\n{markdown(h, r)}" for t, h, r in sections)]))
 
     from rich.console import Console
