@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -127,3 +130,23 @@ def test_invalid_values(cli, tmp_path, override, fragments):
 )
 def test_invalid_suite_options(cli, tmp_path, overrides, fragments):
     assert_clean_error(cli("run", *SMALL, *overrides), tmp_path, *fragments)
+
+
+PATH_ERRORS = textwrap.dedent("""
+    import sys
+    from transfer_cli.cli import main
+    try:
+        main(sys.argv[1:])
+    except SystemExit as stop:
+        print("exit", stop.code, "torch" in sys.modules, "transformers" in sys.modules)
+""")
+
+
+@pytest.mark.parametrize("command", [["predict", "{dir}", "--input", "x.csv"], ["export", "{dir}", "--out", "{dir}/x"],
+                                     ["analyze", "{dir}"], ["serve", "{dir}"]])
+def test_a_wrong_folder_fails_before_torch_loads(tmp_path, command):
+    """A mistyped folder is answered in a second: the path is checked before torch and transformers are imported."""
+    args = [arg.format(dir=tmp_path) for arg in command]
+    out = subprocess.run([sys.executable, "-c", PATH_ERRORS, *args], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["exit", "2", "False", "False"], out.stdout + out.stderr
+    assert "not a run folder" in out.stderr or "neither a run folder" in out.stderr

@@ -49,6 +49,11 @@ def tsne_plot(features: Dict[str, np.ndarray], labels: np.ndarray, n_source: int
 
 
 def analyze(run: Path, max_examples: int, tsne: bool) -> Dict[str, float]:
+    config_file, saved = run / ".hydra" / "config.yaml", run / "model" / "config.json"
+    if not config_file.exists():  # checked before torch and transformers load (seconds)
+        raise TransferError(f"{run} is not a run folder (no .hydra/config.yaml)")
+    if not saved.exists():
+        raise TransferError(f"{run} has no saved model; rerun it with train.save_model=true to analyze it")
     from omegaconf import OmegaConf
 
     from .config import RunConfig
@@ -59,11 +64,6 @@ def analyze(run: Path, max_examples: int, tsne: bool) -> Dict[str, float]:
     from .models.exported import TransferForSequenceClassification
     from .evaluate import infer
 
-    config_file, saved = run / ".hydra" / "config.yaml", run / "model" / "config.json"
-    if not config_file.exists():
-        raise TransferError(f"{run} is not a run folder (no .hydra/config.yaml)")
-    if not saved.exists():
-        raise TransferError(f"{run} has no saved model; rerun it with train.save_model=true to analyze it")
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(config_file)))
     accelerator = setup(cfg.hardware, cfg.seed).accelerator
     tokenizer = load_tokenizer(cfg.model)

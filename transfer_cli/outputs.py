@@ -32,10 +32,17 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Union
 
+from .errors import TransferError
+
 SCHEMA_VERSION = 1
 CHECKPOINT = "checkpoint"  # the loop's checkpoint folder in a run folder (training/checkpoint.py)
 PREDICTIONS = "test_predictions.csv"  # a run's target test predictions (write_predictions)
 MEMBERS = "members.json"  # in an ensemble's run folder (transfer_cli/ensemble.py): its member runs
+# An exported model folder (models/exported.py, deploy/export.py):
+REFERENCE_FILE = "drift_reference.safetensors"  # a sample of the target domain, as the model sees it (deploy/drift.py)
+ADAPTER_DIR = "adapter"  # a PEFT run's adapter on its own, in PEFT's format (`transfer export --adapters`)
+HEAD_FILE = "head.safetensors"  # the head's weights, in an adapter export (which holds no encoder weights)
+ENSEMBLE_FILE = "ensemble.json"  # an exported ensemble: its member folders (members/N/), whose probabilities it averages
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -216,3 +223,20 @@ def read_overrides(folder: Path) -> List[str]:
     """A run's command-line overrides (`.hydra/overrides.yaml`), in order; none when the file is missing."""
     file = folder / ".hydra" / "overrides.yaml"
     return [line[2:].strip() for line in file.read_text().splitlines() if line.startswith("- ")] if file.exists() else []
+
+
+def model_folder(path: Path) -> Path:
+    """An exported folder, or a run folder's saved model; an ensemble's folder (exported, or its run folder) as it
+    is (deploy/runtime.py loads its members)."""
+    if (path / "config.json").exists() or is_ensemble_folder(path):
+        return path
+    if (path / "model" / "config.json").exists():
+        return path / "model"
+    if (path / ".hydra").exists():
+        raise TransferError(f"run {path} has no saved model; run it again with train.save_model=true")
+    raise TransferError(f"{path} is neither a run folder nor an exported model folder (no config.json)")
+
+
+def is_ensemble_folder(path: Path) -> bool:
+    """An exported ensemble (ensemble.json) or an ensemble's run folder (members.json, `transfer ensemble`)."""
+    return (path / ENSEMBLE_FILE).exists() or (path / MEMBERS).exists()

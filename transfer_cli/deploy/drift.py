@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..distance import proxy_a_distance
-from ..models.exported import REFERENCE_FILE
+from ..outputs import REFERENCE_FILE
 
 DEFAULT_THRESHOLD = 0.4  # the distance over which traffic counts as drifted: docs/results.md#drift
 log = logging.getLogger("transfer.drift")

@@ -23,7 +23,8 @@ from typing import List
 
 from .. import __version__
 from ..errors import TransferError
-from ..outputs import MEMBERS, read_json, staged_folder, write_atomic, write_json
+from ..outputs import (ADAPTER_DIR, ENSEMBLE_FILE, HEAD_FILE, MEMBERS, REFERENCE_FILE, read_json, staged_folder,
+                       write_atomic, write_json)
 
 CARD_METRICS = ["target_test_accuracy", "target_test_f1_macro", "source_val_accuracy", "selection", "selection_score",
                 "oracle", "target_labels_used", "source_train_size", "target_pool_size", "target_test_size"]
@@ -222,7 +223,7 @@ def keep_adapter_separate(folder: Path) -> None:
     from safetensors.torch import save_file
     from transformers.utils import logging as hf_logging
 
-    from ..models.exported import ADAPTER_DIR, HEAD_FILE, TransferForSequenceClassification
+    from ..models.exported import TransferForSequenceClassification
 
     if not (folder / ADAPTER_DIR).exists():
         raise TransferError("--adapters: this run trained no PEFT adapters (peft=none); export it without --adapters")
@@ -240,8 +241,6 @@ def export(run: Path, out: Path, onnx: bool = False, quantize: bool = False, pru
     """Write the export into `out` (new or empty), whole or not at all. Returns the ONNX check, if any (an ensemble:
     its first member's). An ensemble's folder exports each member's model into `members/N/` (each converted as the
     options say) and `ensemble.json`, which `transfer predict` and `serve` load as one model."""
-    from ..models.exported import ADAPTER_DIR, ENSEMBLE_FILE, HEAD_FILE
-
     members = ensemble_models(run) if (run / MEMBERS).exists() else None
     source = saved_model(run) if members is None else None
     if out.exists() and any(out.iterdir()):
@@ -291,7 +290,6 @@ def ensemble_reference(folders: List[Path], staging: Path) -> None:
     member's own)."""
     from safetensors.numpy import save_file
 
-    from ..models.exported import REFERENCE_FILE
     from .drift import load_reference
 
     references = [load_reference(folder) for folder in folders]

@@ -20,6 +20,7 @@ from typing import IO, Iterator, List, Optional
 import numpy as np
 
 from ..errors import TransferError
+from ..outputs import model_folder
 
 CHUNK = 4096  # texts read, sorted and predicted at a time
 FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text"}
@@ -119,17 +120,16 @@ def label_ids(values: list, label2id: dict, start: int) -> np.ndarray:
 
 def predict_file(model_path: Path, path: str, fmt: Optional[str], output: Optional[Path], text_column: str,
                  label_column: Optional[str], batch_size: int, progress: bool = True) -> dict:
+    model_folder(model_path)  # the arguments are checked before torch and transformers load (seconds)
+    fmt = input_format(path, fmt)
+    if path != "-" and not Path(path).is_file():
+        raise TransferError(f"no such input file: {path}")
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from sklearn.metrics import accuracy_score, f1_score
 
-    from ..models.exported import model_folder
     from .runtime import Classifier
 
-    model_folder(model_path)
-    fmt = input_format(path, fmt)
-    if path != "-" and not Path(path).is_file():
-        raise TransferError(f"no such input file: {path}")
     classifier = Classifier(model_path)
     out_fmt = "csv" if output and output.suffix.lower() in (".csv", ".tsv") else "jsonl"
     if output:

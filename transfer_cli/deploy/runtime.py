@@ -15,8 +15,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import TransferError
-from ..models.exported import ENSEMBLE_FILE, model_folder
-from ..outputs import MEMBERS, read_json
+from ..outputs import ENSEMBLE_FILE, MEMBERS, model_folder, read_json
 
 ONNX_FILE = "model.onnx"
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import TransferError
+from ..outputs import model_folder
 
 TOKEN_VARIABLE = "TRANSFER_SERVE_TOKEN"
 
@@ -214,6 +215,7 @@ def main(argv: List[str]) -> None:
     for name in ("batch_size", "max_texts", "max_bytes", "drift_window", "drift_every"):
         if getattr(args, name) < 1:
             raise TransferError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+    model_folder(args.model)  # before torch and transformers load (seconds)
     try:
         import fastapi  # noqa: F401
         import prometheus_client  # noqa: F401

@@ -27,14 +27,10 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..errors import TransferError
-from ..outputs import read_json, staged_folder, write_json
+from ..outputs import (ADAPTER_DIR, ENSEMBLE_FILE, HEAD_FILE, REFERENCE_FILE, is_ensemble_folder, model_folder,
+                       read_json, staged_folder, write_json)
 from . import TransferModel, make_head, pool
 
-
-REFERENCE_FILE = "drift_reference.safetensors"  # a sample of the target domain, as the model sees it (deploy/drift.py)
-ADAPTER_DIR = "adapter"  # a PEFT run's adapter on its own, in PEFT's format (`transfer export --adapters`)
-HEAD_FILE = "head.safetensors"  # the head's weights, in an adapter export (which holds no encoder weights)
-ENSEMBLE_FILE = "ensemble.json"  # an exported ensemble: its member folders (members/N/), whose probabilities it averages
 
 
 class TransferClassifierConfig(PretrainedConfig):
@@ -157,25 +153,6 @@ def save_pretrained(model: TransferModel, tokenizer, labels: List[str], max_leng
         if reference is not None:
             save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in reference.items()},
                       str(staging / REFERENCE_FILE))
-
-
-def model_folder(path: Path) -> Path:
-    """An exported folder, or a run folder's saved model; an ensemble's folder (exported, or its run folder) as it
-    is (deploy/runtime.py loads its members)."""
-    if (path / "config.json").exists() or is_ensemble_folder(path):
-        return path
-    if (path / "model" / "config.json").exists():
-        return path / "model"
-    if (path / ".hydra").exists():
-        raise TransferError(f"run {path} has no saved model; run it again with train.save_model=true")
-    raise TransferError(f"{path} is neither a run folder nor an exported model folder (no config.json)")
-
-
-def is_ensemble_folder(path: Path) -> bool:
-    """An exported ensemble (ensemble.json) or an ensemble's run folder (members.json, `transfer ensemble`)."""
-    from ..outputs import MEMBERS
-
-    return (path / ENSEMBLE_FILE).exists() or (path / MEMBERS).exists()
 
 
 def load_adapted(model: TransferModel, path: Path, model_name: str) -> None:
