@@ -27,10 +27,9 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..errors import TransferError
-from ..outputs import (ADAPTER_DIR, ENSEMBLE_FILE, HEAD_FILE, REFERENCE_FILE, is_ensemble_folder, model_folder,
-                       read_json, staged_folder, write_json)
+from ..outputs import (ADAPTER_DIR, HEAD_FILE, REFERENCE_FILE, is_ensemble_folder, model_folder, read_json,
+                       staged_folder, write_json)
 from . import TransferModel, make_head, pool
-
 
 
 class TransferClassifierConfig(PretrainedConfig):
