@@ -1,4 +1,5 @@
-"""The one training loop: checkpoint selection and restore, early stopping, accumulation, the schedule."""
+"""The one training loop: checkpoint selection and restore, early stopping, accumulation, the schedule, groups and
+weight averaging."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from transfer_cli.config import Device, HardwareConfig, Precision, RunConfig, Selection, TrainConfig
 from transfer_cli.data.batching import TokenizedSet
@@ -21,12 +22,12 @@ class OnePhase(Strategy):
 
     name = "one_phase"
 
-    def __init__(self, model, data, epochs):
+    def __init__(self, model, data, epochs, average_from=None):
         super().__init__(None, model)
-        self.data, self.epochs = data, epochs
+        self.data, self.epochs, self.average_from = data, epochs, average_from
 
     def phases(self, data, ctx):
-        return [Phase("train", self.data, self.epochs)]
+        return [Phase("train", self.data, self.epochs, average_from=self.average_from)]
 
 
 def labelled(n):
@@ -39,7 +40,7 @@ class FakeData:  # evaluation is scripted, so the sets are never read
     source_val = target_test = None
 
 
-def fit(model, scores, epochs, n=40, selection="source_val", extra=(), **train):
+def fit(model, scores, epochs, n=40, selection="source_val", extra=(), average_from=None, **train):
     """Run the loop with scripted source-validation accuracies (and `extra` columns per epoch); return the result
     and the weights at each epoch."""
     cfg = RunConfig(train=TrainConfig(batch_size=8, lr=1e-3, **train), selection=Selection(selection))
@@ -52,7 +53,8 @@ def fit(model, scores, epochs, n=40, selection="source_val", extra=(), **train):
 
     original, loop._score_epoch = loop._score_epoch, scripted
     try:
-        result = loop.fit(OnePhase(model, labelled(n), epochs), FakeData(), cfg, accelerator, SimpleNamespace(pad_token_id=0))
+        strategy = OnePhase(model, labelled(n), epochs, average_from)
+        result = loop.fit(strategy, FakeData(), cfg, accelerator, SimpleNamespace(pad_token_id=0))
     finally:
         loop._score_epoch = original
     return result, snapshots, model
@@ -75,6 +77,33 @@ def test_early_stopping(tiny_model):
     result, snapshots, model = fit(tiny_model, [0.9, 0.5, 0.4, 0.3, 0.2], epochs=5, patience=2)
     assert [row["epoch"] for row in result.history] == [1, 2, 3]  # stopped after 2 epochs without gain
     assert result.final["epoch"] == 1 and same(model.state_dict(), snapshots[0])
+
+
+@pytest.mark.parametrize("best", [0, 1, 2])
+def test_weight_averaging_evaluates_and_keeps_the_mean_and_trains_on_from_the_live_weights(tiny_model, best):
+    """3 epochs of 5 steps, averaged past half the phase (steps 8-15): epoch 1 is scored on the live weights, epochs
+    2 and 3 on the running mean; the selected epoch's weights are kept; step 11 starts from step 10's live weights
+    (the evaluation's swap is undone)."""
+    before_step, after_step = [], []
+    weights = lambda: {k: v.detach().clone() for k, v in tiny_model.state_dict().items()}  # noqa: E731
+    hooks = [register_optimizer_step_pre_hook(lambda *_: before_step.append(weights())),
+             register_optimizer_step_post_hook(lambda *_: after_step.append(weights()))]
+    scores = [0.5, 0.5, 0.5]
+    scores[best] = 0.9
+    try:
+        result, snapshots, model = fit(tiny_model, scores, epochs=3, n=40, average_from=0.5, patience=5)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(after_step) == 15 and [row["averaged_steps"] for row in result.history] == [0, 3, 8]
+    trained = [k for k, _ in model.named_parameters()]
+    mean = lambda steps: {k: torch.stack([w[k] for w in steps]).mean(0) for k in trained}  # noqa: E731
+    close = lambda a, b: all(torch.allclose(a[k], b[k], atol=1e-6) for k in trained)  # noqa: E731
+    assert same(snapshots[0], after_step[4])
+    assert close(snapshots[1], mean(after_step[7:10])) and close(snapshots[2], mean(after_step[7:15]))
+    assert not close(snapshots[2], after_step[14])  # the mean is not the last weights
+    assert same(before_step[10], after_step[9])
+    assert same(model.state_dict(), snapshots[best])
 
 
 @pytest.mark.parametrize("accum, expected_steps", [(1, 5), (2, 3), (3, 2)])

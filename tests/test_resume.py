@@ -153,3 +153,23 @@ def test_a_run_killed_in_a_later_phase_rebuilds_the_earlier_phases(cli, cli_env,
     assert out.returncode == 0, out.stderr
     assert "resuming from" in (folder / "run.log").read_text()
     assert comparable(folder) == comparable(tmp_path / "outputs" / "uninterrupted")
+
+
+def test_a_killed_run_that_averages_its_weights_resumes_to_the_same_metrics(cli, cli_env, tmp_path):
+    """DANN averaging its weights past 30% of the phase (from step 28 of 90): the epoch-1 checkpoint holds the
+    running mean of 3 steps, which the resumed run must go on with, not restart, to match the uninterrupted run."""
+    run = [*RUN, "strategy=dann", "strategy.average_from=0.3"]
+    out = cli("run", *run, "hydra.run.dir=outputs/uninterrupted")
+    assert out.returncode == 0, out.stderr
+
+    folder = tmp_path / "outputs" / "killed"
+    process = start(["run", *run, f"hydra.run.dir={folder}"], tmp_path, cli_env)
+    wait_for(lambda: history_rows(folder) >= 1, process)
+    process.kill()
+    process.wait()
+    position = json.loads((folder / "checkpoint" / "position.json").read_text())
+    assert position["state"]["averaged"] == 3 and (folder / "checkpoint" / "average.safetensors").exists()
+    out = cli("run", *run, f"hydra.run.dir={folder}")
+    assert out.returncode == 0, out.stderr
+    assert "resuming from" in (folder / "run.log").read_text()
+    assert comparable(folder) == comparable(tmp_path / "outputs" / "uninterrupted")

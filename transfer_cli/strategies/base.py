@@ -82,7 +82,9 @@ class Phase:
     settings (the rest train with the run's); `batch_size` its own (default: the run's, train.batch_size).
     `frozen` modules do not train in the phase (what of them trained before trains again after it).
     `group_by_length: False` makes the phase's batches plain random ones whatever train.group_by_length says (where
-    a batch must mix examples, such as in-batch pairs of a repeated few-shot set)."""
+    a batch must mix examples, such as in-batch pairs of a repeated few-shot set).
+    `average_from`: past this share of the phase's optimiser steps, the weights the phase evaluates, selects and
+    keeps are the running mean of every step's weights (SWA; training/averaging.py); None: the live weights."""
 
     name: str
     train: TokenizedSet
@@ -98,6 +100,7 @@ class Phase:
     batch_size: Optional[int] = None
     group_by_length: bool = True
     frozen: Sequence[nn.Module] = ()
+    average_from: Optional[float] = None
 
 
 @dataclass

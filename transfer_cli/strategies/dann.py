@@ -16,10 +16,12 @@ two-timescale rule asks (Heusel et al. 2017). Adam bounds every step by its lear
 gradient, so with D at B's rate (TLlib's SGD steps in proportion to D's error) the encoder flipped the domains faster
 than D could follow: D's loss rose to 2-4 (ln 2 is chance) and its accuracy fell to 3-30% within 40 steps, on
 kitchen→dvd and kitchen→movies, and the task loss climbed back to chance (docs/results.md).
+`average_from` (off by default) scores and keeps the running mean of the weights past that share of the phase (SWA,
+training/averaging.py), a variance reducer for the game; not in TLlib's recipe.
 """
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +53,7 @@ class DANN(Strategy):
         bottleneck: int = 256  # B's width (0: none; D reads the pooled features)
         lr_ratio: float = 10.0  # B and C learn at lr_ratio × train.lr
         discriminator_lr: float = 1e-3  # D's own, constant
+        average_from: Optional[float] = None  # evaluate and keep the weights' running mean past this progress
 
         def __post_init__(self):
             check(self.weight >= 0, f"strategy.weight={self.weight} must be >= 0")
@@ -59,6 +62,8 @@ class DANN(Strategy):
             check(self.bottleneck >= 0, f"strategy.bottleneck={self.bottleneck} must be >= 0")
             check(self.lr_ratio > 0, f"strategy.lr_ratio={self.lr_ratio} must be > 0")
             check(self.discriminator_lr > 0, f"strategy.discriminator_lr={self.discriminator_lr} must be > 0")
+            check(self.average_from is None or 0 <= self.average_from < 1,
+                  f"strategy.average_from={self.average_from} must be in [0, 1), or null for no averaging")
 
     def __init__(self, params, model):
         super().__init__(params, model)
@@ -79,7 +84,8 @@ class DANN(Strategy):
         head = Group("head", [self.model.head], lr=self.params.lr_ratio * ctx.lr)
         discriminator = Group("discriminator", [self.discriminator], lr=self.params.discriminator_lr,
                               betas=(0.5, 0.999), schedule="constant")
-        return [Phase("train", data.source_train, ctx.epochs, unlabelled=data.target_pool, groups=[head, discriminator])]
+        return [Phase("train", data.source_train, ctx.epochs, unlabelled=data.target_pool, groups=[head, discriminator],
+                      average_from=self.params.average_from)]
 
     def encode(self, labelled, unlabelled):
         """z for the source and target batches (source first), the classifier's logits for both, and the domain labels

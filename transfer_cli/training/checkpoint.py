@@ -5,6 +5,7 @@
                            best-so-far row and score, the history and the timings
       model.safetensors    the strategy's weights (every module it trains, the model's included)
       best.safetensors     the phase's best-so-far weights, when they are not the current ones
+      average.safetensors  the phase's running weight average, in phases that average (training/averaging.py)
       optimizer.pt         optimiser, scheduler (and fp16 grad scaler) states: tensors and numbers only, loaded
                            with torch.load(weights_only=True)
       rng.pt               every process's RNG states (torch, CUDA, numpy, random)
@@ -84,7 +85,8 @@ class Checkpoints:
             return None
         return position
 
-    def save(self, position: Dict[str, Any], strategy, optimizer, scheduler, best: Optional[Dict[str, torch.Tensor]]) -> None:
+    def save(self, position: Dict[str, Any], strategy, optimizer, scheduler, best: Optional[Dict[str, torch.Tensor]],
+             average: Optional[Dict[str, torch.Tensor]] = None) -> None:
         """Every process takes part (the RNG states are gathered); the main process writes."""
         from accelerate.utils import gather_object
 
@@ -98,6 +100,8 @@ class Checkpoints:
             save_file(_tensors(self.accelerator.unwrap_model(strategy).state_dict()), tmp / "model.safetensors")
             if best is not None:
                 save_file(_tensors(best), tmp / "best.safetensors")
+            if average is not None:
+                save_file(_tensors(average), tmp / "average.safetensors")
             states = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
             if self.accelerator.scaler is not None:
                 states["scaler"] = self.accelerator.scaler.state_dict()
@@ -121,8 +125,9 @@ class Checkpoints:
         finally:
             self.accelerator.wait_for_everyone()
 
-    def restore(self, strategy, optimizer, scheduler) -> Optional[Dict[str, torch.Tensor]]:
-        """Load the weights, optimiser, scheduler and this process's RNG states; return the best-so-far weights."""
+    def restore(self, strategy, optimizer, scheduler, average=None) -> Optional[Dict[str, torch.Tensor]]:
+        """Load the weights, optimiser, scheduler, this process's RNG states and the weight average (into
+        `average`, where the phase has one and it was saved); return the best-so-far weights."""
         self.accelerator.unwrap_model(strategy).load_state_dict(load_file(self.path / "model.safetensors"))
         states = torch.load(self.path / "optimizer.pt", weights_only=True)
         optimizer.load_state_dict(states["optimizer"])
@@ -132,6 +137,8 @@ class Checkpoints:
         rng = torch.load(self.path / "rng.pt", weights_only=True)
         if len(rng) == self.accelerator.num_processes:
             set_rng_state(rng[self.accelerator.process_index])
+        if average is not None and (self.path / "average.safetensors").exists():
+            average.load_state_dict(load_file(self.path / "average.safetensors"))
         best = self.path / "best.safetensors"
         return load_file(best) if best.exists() else None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -20,6 +21,7 @@ from ..data.batching import Collate, TokenizedSet, train_loader
 from ..models import gradual_unfreeze
 from ..strategies import Context, Group, Phase, Strategy
 from . import validators
+from .averaging import WeightAverage
 from .checkpoint import Checkpoints
 from ..evaluate import classification_scores, predict
 from .signals import StopSignals
@@ -108,6 +110,7 @@ class PhaseState:
     best_row: Optional[Dict[str, Any]] = None
     stale: int = 0
     done: bool = False
+    averaged: int = 0  # optimiser steps in the weight average (phases with average_from)
 
 
 def fit(strategy: Strategy, data: RunData, cfg: Any, accelerator, tokenizer, progress_bar: bool = True,
@@ -206,6 +209,7 @@ class _Run:
         self.strategy, self.data, self.cfg, self.ctx, self.result = strategy, data, cfg, ctx, result
         self.checkpoints, self.stop, self.on_epoch, self.bar = checkpoints, stop, on_epoch, None
         self.window: List[Dict[str, float]] = []  # the logs of the batches since the last optimiser step
+        self.average: Optional[WeightAverage] = None  # the current phase's, if it averages its weights
         # The module that computes the loss: on the device, with autocast, and under DDP with several processes.
         # Wrapped once, before any phase, over every parameter that trains in some phase (modules that a phase
         # creates later, such as ADDA's frozen source encoder, do not train).
@@ -225,7 +229,8 @@ class _Run:
         optimizer = accelerator.prepare_optimizer(optimizer)
         scheduler = _scheduler(optimizer, owners, int(train.warmup_ratio * total_steps), total_steps)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        best_state = self.checkpoints.restore(strategy, optimizer, scheduler) if resume else None
+        self.average = None if phase.average_from is None else WeightAverage(strategy, phase.average_from)
+        best_state = self.checkpoints.restore(strategy, optimizer, scheduler, self.average) if resume else None
         log.info("phase '%s': %d epochs of %d batches; global batch %d = %d per process x %d processes x %d "
                  "accumulation steps", phase.name, phase.epochs, len(loader),
                  batch_size * accelerator.num_processes * train.grad_accum_steps, batch_size,
@@ -272,7 +277,10 @@ class _Run:
                 strategy.eval()
                 row = {"phase": phase.name, "epoch": epoch, "train_loss": sum(state.losses) / len(state.losses),
                        "lr": scheduler.get_last_lr()[0], **{k: v / len(state.losses) for k, v in state.logs_sum.items()}}
-                row.update(_score_epoch(model, self.data, phase, self.ctx, result))
+                if self.average is not None:
+                    row["averaged_steps"] = state.averaged
+                with self._averaged(state):
+                    row.update(_score_epoch(model, self.data, phase, self.ctx, result))
                 criterion = phase.selection or cfg.selection.value
                 score = _selection_score(criterion, row, epoch)
                 row.update(selection=criterion, selection_score=score)
@@ -288,8 +296,9 @@ class _Run:
                 if state.best_row is None or score > state.best_score:
                     state.best_score, state.best_row, state.stale = score, row, 0
                     # a copy, unless these are the phase's last weights anyway
-                    best_state = None if epoch == phase.epochs else {
-                        k: v.detach().to("cpu", copy=True) for k, v in strategy.state_dict().items()}
+                    with self._averaged(state):
+                        best_state = None if epoch == phase.epochs else {
+                            k: v.detach().to("cpu", copy=True) for k, v in strategy.state_dict().items()}
                 else:
                     state.stale += 1
                     if state.stale >= train.patience:
@@ -305,6 +314,8 @@ class _Run:
                     self.stop.stop(signum, checkpointed=self.checkpoints is not None)
         if best_state is not None:
             strategy.load_state_dict(best_state)
+        elif self.average is not None and state.averaged:
+            self.average.apply()
         for p in trainable:  # gradual unfreezing ends with everything the phase trained unfrozen
             p.requires_grad_(True)
         state.best_row["selected"] = True
@@ -365,6 +376,9 @@ class _Run:
                         if owner.clamp is not None:
                             for p in params:
                                 p.clamp_(-owner.clamp, owner.clamp)
+                if self.average is not None and state.step > self.average.start * total_steps:
+                    state.averaged += 1
+                    self.average.add(state.averaged)
             optimizer.zero_grad(set_to_none=True)
         state.batch += 1
         state.drawn = list(unlabelled.drawn) if unlabelled else []
@@ -389,6 +403,10 @@ class _Run:
                     p.grad = None
         return updated
 
+    def _averaged(self, state: PhaseState):
+        """A block in which the weights are the phase's average, once it has begun (else the live ones)."""
+        return self.average.applied(state.averaged > 0) if self.average is not None else nullcontext()
+
     def _checkpoint(self, number: int, state: PhaseState, strategy, optimizer, scheduler, best_state) -> None:
         if self.checkpoints is None:
             return
@@ -396,7 +414,8 @@ class _Run:
 
         drawn = gather_object([state.drawn])  # every process draws its own unlabelled batches
         position = {"phase": number, "state": asdict(state), "drawn_per_process": drawn, "result": asdict(self.result)}
-        self.checkpoints.save(position, strategy, optimizer, scheduler, best_state)
+        average = self.average.state_dict() if self.average is not None and state.averaged else None
+        self.checkpoints.save(position, strategy, optimizer, scheduler, best_state, average)
 
 
 def _mean_over_processes(logs: Dict[str, float], accelerator) -> Dict[str, float]:
