@@ -243,8 +243,9 @@ def config_digest(cfg: DictConfig) -> str:
     for key in ("paths", "resume", "logger"):
         content.pop(key, None)
     content.get("train", {}).pop("keep_checkpoints", None)
-    if content.get("data", {}).get("split_seed") is None:  # at its default (newer than the sweeps that ran without
-        content["data"].pop("split_seed", None)  # it), a completed job keeps its digest and is not run again
+    for group, key in (("data", "split_seed"), ("strategy", "average_from")):  # newer than the sweeps that ran
+        if group in content and content[group].get(key, 0) is None:  # without them: at null, a completed job
+            content[group].pop(key)  # keeps its digest and is not run again
     content["transfer_version"] = __version__
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
