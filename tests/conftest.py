@@ -105,15 +105,15 @@ TINY_SHAPE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 
               "max_position_embeddings": 128}  # a random-weight BERT with the packaged tokenizer
 
 
-def masked_lm_folder(tokenizer, folder, positions=512):
+def masked_lm_folder(tokenizer, folder, positions=512, dtype=None):
     """A tiny random BertForMaskedLM with the MiniLM tokenizer, saved as a model folder (the packaged MiniLM has no
-    masked-LM head, and none can be fetched offline)."""
+    masked-LM head, and none can be fetched offline), its weights stored in `dtype` (default float32)."""
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
     config = BertConfig(**{**TINY_SHAPE, "vocab_size": len(tokenizer), "max_position_embeddings": positions})
-    BertForMaskedLM(config).save_pretrained(folder)
+    BertForMaskedLM(config).to(dtype or torch.float32).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

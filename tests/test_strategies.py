@@ -358,6 +358,16 @@ def test_mlm_adapt_starts_from_the_checkpoints_own_mlm_head(tokenizer, ctx, tmp_
     assert [phase.name for phase in fresh.phases(data, ctx)] == ["mlm_head", "mlm", "joint"]
 
 
+@pytest.mark.parametrize("stored", [torch.float16, torch.bfloat16])
+def test_a_half_precision_checkpoint_trains_in_float32(tokenizer, tmp_path, stored):
+    """transformers 5 loads weights in their stored dtype; AdamW on fp16/bf16 weights would round away small updates."""
+    folder = masked_lm_folder(tokenizer, tmp_path / "half", dtype=stored)
+    model = build_model(ModelConfig(name="half", name_or_path=str(folder)), 2, len(tokenizer))
+    strategy = build_strategy({"name": "mlm_adapt"}, model)
+    dtypes = {p.dtype for p in [*model.parameters(), *strategy.mlm_head.parameters()]}
+    assert dtypes == {torch.float32}
+
+
 def test_a_checkpoint_missing_encoder_weights_is_a_warning(tokenizer, tmp_path, caplog):
     """Weights that a checkpoint lacks start random: a warning naming them, unless they are the unused pooler's."""
     from safetensors.torch import load_file, save_file

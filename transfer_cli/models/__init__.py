@@ -76,6 +76,16 @@ def _transformers_quiet():
         hf_logging.set_verbosity(verbosity)
 
 
+def full_precision(module: nn.Module, name: str) -> None:
+    """fp32 weights, whatever the checkpoint stores: transformers 5 loads a checkpoint in its stored dtype, and
+    AdamW on fp16 or bf16 weights rounds away updates below their precision. Autocast gives the speed."""
+    stored = {p.dtype for p in module.parameters()} - {torch.float32}
+    if stored:
+        log.info("model '%s': its checkpoint stores %s weights; they train in float32", name,
+                 ", ".join(sorted(str(dtype).removeprefix("torch.") for dtype in stored)))
+        module.float()
+
+
 def load_backbone(model: Any):
     """The pretrained encoder. The checkpoint's pretraining heads (BERT's `cls.*`) are left out; weights that the
     checkpoint lacks start random, which is a warning unless they are the pooler's, which no pooling here reads."""
@@ -86,6 +96,7 @@ def load_backbone(model: Any):
     path = resolve_path(model)
     with _transformers_quiet():
         backbone, info = _load("weights", partial(AutoModel.from_pretrained, output_loading_info=True), path, model)
+    full_precision(backbone, model.name)
     unused, fresh = sorted(info["unexpected_keys"]), sorted(info["missing_keys"])
     if unused:
         log.info("model '%s': %d weights of its checkpoint are not part of the encoder (%s, ...): its pretraining "
@@ -136,6 +147,7 @@ def load_masked_lm_head(model: "TransferModel") -> nn.Module:
             mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise TransferError(f"model '{model.name}' does not load as a masked LM ({str(e).splitlines()[0]})") from None
+    full_precision(mlm, model.name)
     missing = sorted(key for key in info["missing_keys"] if not key.startswith(mlm.base_model_prefix))
     if missing:
         raise NoMaskedLMHead(f"model '{model.name}' has none ({missing[0]} and {len(missing) - 1} more are missing "
