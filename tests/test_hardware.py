@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -92,3 +93,21 @@ def test_the_decision_is_logged_and_recorded(cli, tmp_path):
     assert ("no native bf16" in why) == (not cpu_native_bf16())  # measured only where bf16 is native
     assert metrics["cpu_capability"] == env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert (folder / "run.log").read_text().count(f"precision {why}") == 1
+
+
+def test_deterministic_runs_set_the_cublas_workspace_that_cuda_needs(monkeypatch):
+    """Under torch.use_deterministic_algorithms, CUDA raises on every cuBLAS matmul unless CUBLAS_WORKSPACE_CONFIG
+    is set before the first one; a user's own setting stays."""
+    from transfer_cli.config import Device, HardwareConfig, Precision
+
+    config = HardwareConfig(name="cpu", device=Device.cpu, precision=Precision.fp32, deterministic=True)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        hardware.setup(config, 0)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+        hardware.setup(config, 0)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    finally:
+        torch.use_deterministic_algorithms(False)

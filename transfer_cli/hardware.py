@@ -180,6 +180,8 @@ def setup(hardware: Any, seed: int, sharing_jobs: int = 1, cache_dir: Optional[P
     from accelerate.state import AcceleratorState, is_initialized
     from accelerate.utils import set_seed
 
+    if hardware.deterministic:  # on CUDA, deterministic algorithms refuse every cuBLAS matmul without it
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     device = resolve_device(hardware.device.value)
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(hardware.threads or threads_per_job(sharing_jobs * local_processes))
