@@ -101,7 +101,8 @@ def test_deterministic_runs_set_the_cublas_workspace_that_cuda_needs(monkeypatch
     from transfer_cli.config import Device, HardwareConfig, Precision
 
     config = HardwareConfig(name="cpu", device=Device.cpu, precision=Precision.fp32, deterministic=True)
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # so that teardown restores what was there, if anything
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     try:
         hardware.setup(config, 0)
         assert torch.are_deterministic_algorithms_enabled()
