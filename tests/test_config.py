@@ -81,12 +81,12 @@ def test_schema_rejects_typo_and_bad_value(composer):
 
 def test_an_option_newer_than_a_completed_sweep_keeps_its_digest_at_its_null_default():
     """A completed sweep job is not run again because the config grew a key it did not have: at null (its default),
-    data.split_seed and strategy.average_from leave the digest as it was; set, they change it."""
+    data.split_seed, strategy.average_from and strategy.sharpness_rho leave the digest as it was; set, they change it."""
     from transfer_cli.app import config_digest
 
     before = OmegaConf.create({"data": {"max_length": 128}, "strategy": {"name": "dann", "weight": 1.0}})
     digest = config_digest(before)
-    for group, key in (("data", "split_seed"), ("strategy", "average_from")):
+    for group, key in (("data", "split_seed"), ("strategy", "average_from"), ("strategy", "sharpness_rho")):
         grown = OmegaConf.merge(before, {group: {key: None}})
         assert config_digest(grown) == digest
         grown[group][key] = 0

@@ -3,6 +3,7 @@ weight averaging."""
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from transfer_cli.config import Device, HardwareConfig, Precision, RunConfig, Selection, TrainConfig
 from transfer_cli.data.batching import TokenizedSet
 from transfer_cli.hardware import setup
-from transfer_cli.strategies import Group, Phase, Strategy
+from transfer_cli.strategies import Group, Phase, Sharpness, Strategy
 from transfer_cli.training import loop
 
 
@@ -40,7 +41,7 @@ class FakeData:  # evaluation is scripted, so the sets are never read
     source_val = target_test = None
 
 
-def fit(model, scores, epochs, n=40, selection="source_val", extra=(), average_from=None, **train):
+def fit(model, scores, epochs, n=40, selection="source_val", extra=(), average_from=None, make=OnePhase, **train):
     """Run the loop with scripted source-validation accuracies (and `extra` columns per epoch); return the result
     and the weights at each epoch."""
     cfg = RunConfig(train=TrainConfig(batch_size=8, lr=1e-3, **train), selection=Selection(selection))
@@ -53,7 +54,7 @@ def fit(model, scores, epochs, n=40, selection="source_val", extra=(), average_f
 
     original, loop._score_epoch = loop._score_epoch, scripted
     try:
-        strategy = OnePhase(model, labelled(n), epochs, average_from)
+        strategy = make(model, labelled(n), epochs, average_from)
         result = loop.fit(strategy, FakeData(), cfg, accelerator, SimpleNamespace(pad_token_id=0))
     finally:
         loop._score_epoch = original
@@ -104,6 +105,60 @@ def test_weight_averaging_evaluates_and_keeps_the_mean_and_trains_on_from_the_li
     assert not close(snapshots[2], after_step[14])  # the mean is not the last weights
     assert same(before_step[10], after_step[9])
     assert same(model.state_dict(), snapshots[best])
+
+
+class SharpnessAware(OnePhase):
+    """SAM on the task loss, ρ = 0.5; remembers the batches it trained on."""
+
+    RHO = 0.5
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.batches = []
+
+    def phases(self, data, ctx):
+        (phase,) = super().phases(data, ctx)
+        phase.sharpness = Sharpness(self.RHO, lambda batch: self.task_loss(batch)[0], [self.model])
+        return [phase]
+
+    def loss(self, labelled, unlabelled, progress):
+        self.batches.append({k: v.clone() for k, v in labelled.items()})
+        return super().loss(labelled, unlabelled, progress)
+
+
+def test_a_sharpness_aware_phase_steps_with_the_gradient_at_the_perturbed_weights(tiny_model):
+    """Each update's gradient is the loss's at w + ρ·g/‖g‖ (g: the term's gradient at w), and the update starts from
+    w itself: the loop puts the weights back before it steps."""
+    for m in tiny_model.modules():  # no dropout, so that a pass can be repeated
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    seen = []
+    record = lambda opt, *_: seen.append(  # noqa: E731
+        ({k: p.detach().clone() for k, p in tiny_model.named_parameters()},
+         {k: p.grad.clone() for k, p in tiny_model.named_parameters() if p.grad is not None}))
+    made = []
+    make = lambda *args: made.append(SharpnessAware(*args)) or made[-1]  # noqa: E731
+    hook = register_optimizer_step_pre_hook(record)
+    try:  # no clipping: the optimiser sees the gradient itself
+        fit(tiny_model, [0.5], epochs=1, n=16, make=make, warmup_ratio=0.0, max_grad_norm=0.0)
+    finally:
+        hook.remove()
+    assert len(seen) == len(made[0].batches) == 2
+    probe = copy.deepcopy(tiny_model)
+    for (weights, grads), batch in zip(seen, made[0].batches):
+        probe.load_state_dict(weights, strict=False)
+        term = OnePhase(probe, None, 1).task_loss(batch)[0]
+        g = torch.autograd.grad(term, list(probe.parameters()), allow_unused=True)
+        norm = torch.sqrt(sum((x ** 2).sum() for x in g if x is not None))
+        with torch.no_grad():
+            for p, x in zip(probe.parameters(), g):
+                if x is not None:
+                    p.add_(SharpnessAware.RHO * x / norm)
+        probe.zero_grad()
+        OnePhase(probe, None, 1).task_loss(batch)[0].backward()
+        at_perturbed = {k: p.grad for k, p in probe.named_parameters() if p.grad is not None}
+        assert grads.keys() == at_perturbed.keys()
+        assert all(torch.allclose(grads[k], at_perturbed[k], atol=1e-6) for k in grads)
 
 
 @pytest.mark.parametrize("accum, expected_steps", [(1, 5), (2, 3), (3, 2)])

@@ -13,7 +13,7 @@ from transfer_cli.losses import GradientReversal, dann_lambda
 from transfer_cli.strategies import Phase, build_strategy
 
 from .test_data import demo_config
-from .test_strategies import batch, snapshot
+from .test_strategies import batch, changed, snapshot
 
 
 def test_gradient_reversal_flips_and_scales_gradients():
@@ -159,6 +159,33 @@ def test_dann_discriminator_outpaces_the_encoder(tokenizer, tiny_model, tmp_path
     assert list(d.modules) == [strategy.discriminator] and list(head.modules) == [strategy.model.head]
     assert d.schedule == "constant" and d.betas == (0.5, 0.999) and head.schedule == "warmup_linear"
     assert d.lr == 1e-3 > head.lr == 10 * ctx.lr
+
+
+@pytest.mark.parametrize("name", ["dann", "cdan"])
+def test_sdat_probes_the_task_loss_rho_away_and_leaves_the_discriminator_alone(tokenizer, tiny_model, tmp_path, ctx,
+                                                                              name):
+    """strategy.sharpness_rho (SDAT): in the probe, the encoder, bottleneck and classifier sit at w + ρ·g/‖g‖, g the
+    source task loss's gradient; D and the BatchNorm statistics have not moved; afterwards every weight is back."""
+    data = build_data(demo_config(), tokenizer, tmp_path, tmp_path / "cache")
+    strategy = build_strategy({"name": name, "sharpness_rho": 0.05}, copy.deepcopy(tiny_model)).train()
+    (phase,) = strategy.phases(data, ctx)
+    source, before = batch(), snapshot(strategy)
+    reference = copy.deepcopy(strategy)
+    torch.manual_seed(0)  # the same dropout masks in both passes
+    names, params = zip(*[(n, p) for n, p in reference.named_parameters() if n.startswith("model.")])
+    grads = dict(zip(names, torch.autograd.grad(reference.task_loss(source)[0], params, allow_unused=True)))
+    norm = torch.sqrt(sum((g ** 2).sum() for g in grads.values() if g is not None))
+    from transfer_cli.training.sharpness import ascended
+
+    torch.manual_seed(0)
+    with ascended(phase.sharpness, source, ctx.accelerator):
+        probed = snapshot(strategy)
+    for n, g in grads.items():
+        expected = before[n] if g is None else before[n] + 0.05 * g / norm
+        assert torch.allclose(probed[n], expected, atol=1e-7), n
+    assert changed(before, probed) == {n for n, g in grads.items() if g is not None and g.abs().sum() > 0}
+    assert changed(before, snapshot(strategy)) == set()  # D, BatchNorm statistics, and the weights put back
+    assert build_strategy({"name": name}, tiny_model).phases(data, ctx)[0].sharpness is None  # off by default
 
 
 def test_aad_distils_on_source_and_target_text(tiny_model):

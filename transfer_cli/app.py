@@ -243,9 +243,10 @@ def config_digest(cfg: DictConfig) -> str:
     for key in ("paths", "resume", "logger"):
         content.pop(key, None)
     content.get("train", {}).pop("keep_checkpoints", None)
-    for group, key in (("data", "split_seed"), ("strategy", "average_from")):  # newer than the sweeps that ran
-        if group in content and content[group].get(key, 0) is None:  # without them: at null, a completed job
-            content[group].pop(key)  # keeps its digest and is not run again
+    newer_than_the_sweeps = (("data", "split_seed"), ("strategy", "average_from"), ("strategy", "sharpness_rho"))
+    for group, key in newer_than_the_sweeps:  # at null, a completed job keeps its digest and is not run again
+        if group in content and content[group].get(key, 0) is None:
+            content[group].pop(key)
     content["transfer_version"] = __version__
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -9,9 +9,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import TransferError
-from .base import Context, Group, Phase, Strategy
+from .base import Context, Group, Phase, Sharpness, Strategy
 
-__all__ = ["Context", "Group", "Phase", "Strategy", "strategy_class", "strategy_params", "build_strategy"]
+__all__ = ["Context", "Group", "Phase", "Sharpness", "Strategy", "strategy_class", "strategy_params", "build_strategy"]
 
 
 def strategy_class(name: str) -> Type[Strategy]:

@@ -69,6 +69,19 @@ class Group:
 
 
 @dataclass
+class Sharpness:
+    """A loss term made sharpness-aware (SAM, Foret et al. 2021). Each batch, the loop first takes `loss(batch)` (the
+    labelled batch) and its gradient g over the trainable weights w of `modules`, moves them to w + ρ·g/‖g‖, the
+    worst nearby point of that term to first order, computes the phase's loss and its backward there, then puts w
+    back before the update. The update so follows the phase's gradient at the perturbed point, which seeks flat
+    minima of the term. BatchNorm statistics do not move in the first pass."""
+
+    rho: float
+    loss: Callable[[dict], torch.Tensor]
+    modules: Sequence[nn.Module]
+
+
+@dataclass
 class Phase:
     """One stage of training.
 
@@ -84,7 +97,8 @@ class Phase:
     `group_by_length: False` makes the phase's batches plain random ones whatever train.group_by_length says (where
     a batch must mix examples, such as in-batch pairs of a repeated few-shot set).
     `average_from`: past this share of the phase's optimiser steps, the weights the phase evaluates, selects and
-    keeps are the running mean of every step's weights (SWA; training/averaging.py); None: the live weights."""
+    keeps are the running mean of every step's weights (SWA; training/averaging.py); None: the live weights.
+    `sharpness`: a term whose flat minima the phase seeks (`Sharpness`; training/sharpness.py); None: plain steps."""
 
     name: str
     train: TokenizedSet
@@ -101,6 +115,7 @@ class Phase:
     group_by_length: bool = True
     frozen: Sequence[nn.Module] = ()
     average_from: Optional[float] = None
+    sharpness: Optional[Sharpness] = None
 
 
 @dataclass

@@ -23,6 +23,7 @@ from ..strategies import Context, Group, Phase, Strategy
 from . import validators
 from .averaging import WeightAverage
 from .checkpoint import Checkpoints
+from .sharpness import ascended
 from ..evaluate import classification_scores, predict
 from .signals import StopSignals
 
@@ -210,6 +211,7 @@ class _Run:
         self.checkpoints, self.stop, self.on_epoch, self.bar = checkpoints, stop, on_epoch, None
         self.window: List[Dict[str, float]] = []  # the logs of the batches since the last optimiser step
         self.average: Optional[WeightAverage] = None  # the current phase's, if it averages its weights
+        self.sharpness = None  # the current phase's sharpness-aware term, if it has one
         # The module that computes the loss: on the device, with autocast, and under DDP with several processes.
         # Wrapped once, before any phase, over every parameter that trains in some phase (modules that a phase
         # creates later, such as ADDA's frozen source encoder, do not train).
@@ -230,6 +232,7 @@ class _Run:
         scheduler = _scheduler(optimizer, owners, int(train.warmup_ratio * total_steps), total_steps)
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.average = None if phase.average_from is None else WeightAverage(strategy, phase.average_from)
+        self.sharpness = phase.sharpness
         best_state = self.checkpoints.restore(strategy, optimizer, scheduler, self.average) if resume else None
         log.info("phase '%s': %d epochs of %d batches; global batch %d = %d per process x %d processes x %d "
                  "accumulation steps", phase.name, phase.epochs, len(loader),
@@ -337,17 +340,18 @@ class _Run:
 
     def _step(self, batch: dict, unlabelled: Optional[_Unlabelled], state: PhaseState, optimizer,
               owners: List[Group], scheduler, total_steps: int) -> None:
-        """One batch: the strategy's loss, one backward; at the end of each accumulation, an update of each group
+        """One batch: the strategy's loss, one backward (at perturbed weights, in a sharpness-aware phase); at the end of each accumulation, an update of each group
         that is due (its ratio, and its gate on the window's mean logs), clipped per group, then its clamp."""
         accelerator, train = self.ctx.accelerator, self.cfg.train
         with accelerator.accumulate(self.step_fn):
-            with accelerator.autocast():
-                partner = unlabelled.beside(batch) if unlabelled else None
-                loss, logs = self.step_fn(batch, partner, state.step / max(1, total_steps))
-            if not torch.isfinite(loss):  # name the term that did it, where the strategy logs its terms
-                term = next((k for k, v in logs.items() if not math.isfinite(v)), "loss")
-                raise NonFinite(term if term == "loss" else f"loss term {term}", loss.item())
-            accelerator.backward(loss)
+            with ascended(self.sharpness, batch, accelerator):  # the gradient at the perturbed weights, if sharpness-aware
+                with accelerator.autocast():
+                    partner = unlabelled.beside(batch) if unlabelled else None
+                    loss, logs = self.step_fn(batch, partner, state.step / max(1, total_steps))
+                if not torch.isfinite(loss):  # name the term that did it, where the strategy logs its terms
+                    term = next((k for k, v in logs.items() if not math.isfinite(v)), "loss")
+                    raise NonFinite(term if term == "loss" else f"loss term {term}", loss.item())
+                accelerator.backward(loss)
             self.window.append(logs)
             updated = {}  # id(Group) -> its parameters
             if accelerator.sync_gradients:
