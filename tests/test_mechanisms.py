@@ -185,7 +185,8 @@ def test_sdat_probes_the_task_loss_rho_away_and_leaves_the_discriminator_alone(t
         assert torch.allclose(probed[n], expected, atol=1e-7), n
     assert changed(before, probed) == {n for n, g in grads.items() if g is not None and g.abs().sum() > 0}
     assert changed(before, snapshot(strategy)) == set()  # D, BatchNorm statistics, and the weights put back
-    assert build_strategy({"name": name}, tiny_model).phases(data, ctx)[0].sharpness is None  # off by default
+    default = build_strategy({"name": name}, tiny_model).phases(data, ctx)[0].sharpness  # on for DANN (screened)
+    assert (default and default.rho) == {"dann": 0.05, "cdan": None}[name]
 
 
 def test_aad_distils_on_source_and_target_text(tiny_model):

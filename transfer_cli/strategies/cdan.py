@@ -13,6 +13,7 @@ D's own faster Adam).
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ class CDAN(DANN):
     @dataclass
     class Params(DANN.Params):  # w, γ, the discriminator's width, the bottleneck and the lr ratio, as DANN
         entropy: bool = True  # ω = 1 + exp(-H) (CDAN+E); false: plain CDAN, ω = 1
+        sharpness_rho: Optional[float] = None  # SDAT, as DANN's; off: screened for DANN only
 
     def make_discriminator(self, width: int):
         self.map = MultilinearMap(width, self.model.num_labels)

@@ -340,11 +340,12 @@ class _Run:
 
     def _step(self, batch: dict, unlabelled: Optional[_Unlabelled], state: PhaseState, optimizer,
               owners: List[Group], scheduler, total_steps: int) -> None:
-        """One batch: the strategy's loss, one backward (at perturbed weights, in a sharpness-aware phase); at the end of each accumulation, an update of each group
-        that is due (its ratio, and its gate on the window's mean logs), clipped per group, then its clamp."""
+        """One batch: the strategy's loss, one backward (at perturbed weights, in a sharpness-aware phase); at the end
+        of each accumulation, an update of each group that is due (its ratio, and its gate on the window's mean logs),
+        clipped per group, then its clamp."""
         accelerator, train = self.ctx.accelerator, self.cfg.train
         with accelerator.accumulate(self.step_fn):
-            with ascended(self.sharpness, batch, accelerator):  # the gradient at the perturbed weights, if sharpness-aware
+            with ascended(self.sharpness, batch, accelerator):  # sharpness-aware: the gradient at w + ε
                 with accelerator.autocast():
                     partner = unlabelled.beside(batch) if unlabelled else None
                     loss, logs = self.step_fn(batch, partner, state.step / max(1, total_steps))
