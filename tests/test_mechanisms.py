@@ -180,10 +180,12 @@ def test_sdat_probes_the_task_loss_rho_away_and_leaves_the_discriminator_alone(t
     torch.manual_seed(0)
     with ascended(phase.sharpness, source, ctx.accelerator):
         probed = snapshot(strategy)
-    for n, g in grads.items():
-        expected = before[n] if g is None else before[n] + 0.05 * g / norm
-        assert torch.allclose(probed[n], expected, atol=1e-7), n
-    assert changed(before, probed) == {n for n, g in grads.items() if g is not None and g.abs().sum() > 0}
+    expected = {n: before[n] if g is None else before[n] + 0.05 * g / norm for n, g in grads.items()}
+    for n in grads:
+        assert torch.allclose(probed[n], expected[n], atol=1e-7), n
+    # D and the BatchNorm statistics stay exactly; a bias just before BatchNorm has a gradient of rounding size, so
+    # whether it moves is up to float rounding: the allclose above checks how far each parameter moved
+    assert changed(before, probed) <= {n for n, g in grads.items() if g is not None}
     assert changed(before, snapshot(strategy)) == set()  # D, BatchNorm statistics, and the weights put back
     default = build_strategy({"name": name}, tiny_model).phases(data, ctx)[0].sharpness  # on for DANN (screened)
     assert (default and default.rho) == {"dann": 0.05, "cdan": None}[name]
